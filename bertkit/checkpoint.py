@@ -1,0 +1,245 @@
+"""Hugging Face checkpoint interop: parameter names, loading and saving model folders.
+
+bertkit's module names are its own where that reads better (``encoder.layers.0.ffn.up``);
+this file is the one place that maps them to and from the names transformers uses
+(``encoder.layer.0.intermediate.dense``). The mapping is a table of renames, applied by
+:func:`to_hf_name` / :func:`from_hf_name`, and every load checks the result key by key and
+shape by shape, failing loudly with the offending key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bertkit.config import BertConfig
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+
+# bertkit name <-> HF name, as templates: {i} is a layer index, {proj} one of the attention
+# projections. A template matches the start of a name (after any ``bert.`` prefix); the rest of
+# the name (``weight``/``bias``) is carried over.
+_RENAMES = [
+    ("encoder.layers.{i}.attention.{proj}.", "encoder.layer.{i}.attention.self.{proj}."),
+    ("encoder.layers.{i}.attention_output.", "encoder.layer.{i}.attention.output.dense."),
+    ("encoder.layers.{i}.attention_norm.", "encoder.layer.{i}.attention.output.LayerNorm."),
+    ("encoder.layers.{i}.ffn.up.", "encoder.layer.{i}.intermediate.dense."),
+    ("encoder.layers.{i}.ffn.down.", "encoder.layer.{i}.output.dense."),
+    ("encoder.layers.{i}.ffn_norm.", "encoder.layer.{i}.output.LayerNorm."),
+    ("mlm.dense.", "cls.predictions.transform.dense."),
+    ("mlm.norm.", "cls.predictions.transform.LayerNorm."),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("nsp.", "cls.seq_relationship."),
+]
+_PLACEHOLDERS = {"i": r"(?P<i>\d+)", "proj": r"(?P<proj>query|key|value)"}
+
+
+def _template_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template)
+    for name, group in _PLACEHOLDERS.items():
+        pattern = pattern.replace(re.escape("{" + name + "}"), group)
+    return re.compile(r"^(?P<prefix>bert\.)?" + pattern)
+
+
+_TO_HF = [(_template_regex(ours), hf) for ours, hf in _RENAMES]
+_FROM_HF = [(_template_regex(hf), ours) for ours, hf in _RENAMES]
+
+
+def _rename(name: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, template in rules:
+        match = pattern.match(name)
+        if match:
+            fields = {k: v for k, v in match.groupdict().items() if k != "prefix"}
+            prefix = match.group("prefix") or ""
+            return prefix + template.format(**fields) + name[match.end():]
+    return name
+
+
+def to_hf_name(name: str) -> str:
+    """bertkit parameter name -> transformers parameter name."""
+    return _rename(name, _TO_HF)
+
+
+def from_hf_name(name: str) -> str:
+    """transformers parameter name -> bertkit parameter name."""
+    # Checkpoints converted from the original TensorFlow BERT name LayerNorm's parameters
+    # gamma/beta; transformers renames them on load, and so do we.
+    name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
+    name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+    return _rename(name, _FROM_HF)
+
+
+# Keys some HF checkpoints hold that carry no weights bertkit needs: a buffer of position ids,
+# and the MLM decoder, which is tied to the word embeddings (its bias is cls.predictions.bias).
+_IGNORED_HF_KEYS = re.compile(r"(^|\.)embeddings\.position_ids$|^cls\.predictions\.decoder\.(weight|bias)$")
+# Keys of BERT heads other than the one being loaded: legitimately unused when, e.g., a
+# pretraining checkpoint is loaded to fine-tune a classifier.
+_OTHER_HEAD_KEYS = re.compile(r"^(cls\.|classifier\.|qa_outputs\.|bert\.pooler\.|pooler\.)")
+
+
+# ---------------------------------------------------------------------------- reading
+def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of an HF folder: ``model.safetensors`` (or its sharded index), else
+    ``pytorch_model.bin`` read with ``weights_only=True`` (a checkpoint never runs code)."""
+    folder = os.fspath(folder)
+    single = os.path.join(folder, WEIGHTS_NAME)
+    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
+    legacy = os.path.join(folder, TORCH_WEIGHTS_NAME)
+    if os.path.isfile(single) or os.path.isfile(index):
+        from safetensors.torch import load_file
+        if os.path.isfile(single):
+            files = [single]
+        else:
+            with open(index, encoding="utf-8") as f:
+                files = [os.path.join(folder, name)
+                         for name in sorted(set(json.load(f)["weight_map"].values()))]
+        state: dict[str, torch.Tensor] = {}
+        for path in files:
+            try:
+                state.update(load_file(path))
+            except Exception as e:
+                raise ValueError(f"cannot read {path}: {e}") from None
+        return state
+    if os.path.isfile(legacy):
+        try:
+            return torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read {legacy} as a weights-only checkpoint: {e}") from None
+    raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME} or {TORCH_WEIGHTS_NAME}")
+
+
+@dataclass
+class LoadReport:
+    """What happened when a checkpoint was loaded into a model."""
+
+    initialized: list[str] = field(default_factory=list)  # model keys the checkpoint lacked
+    unused: list[str] = field(default_factory=list)       # checkpoint keys of other heads
+    unknown: list[str] = field(default_factory=list)      # checkpoint keys of nothing BERT has
+    mismatched: list[str] = field(default_factory=list)   # "key: checkpoint shape vs model shape"
+
+
+def _model_key(hf_key: str, model_has_bert_prefix: bool) -> str:
+    """Map an HF checkpoint key to the model's key, adding or removing the ``bert.`` prefix
+    (a base BertModel checkpoint has no prefix, a head checkpoint has one)."""
+    if model_has_bert_prefix and not re.match(r"^(bert\.|cls\.|classifier\.|qa_outputs\.)", hf_key):
+        hf_key = "bert." + hf_key
+    elif not model_has_bert_prefix and hf_key.startswith("bert."):
+        hf_key = hf_key[len("bert."):]
+    return from_hf_name(hf_key)
+
+
+def load_state_dict_into(model: nn.Module, hf_state: dict[str, torch.Tensor],
+                         strict: bool = True) -> LoadReport:
+    """Copy an HF-named state dict into ``model``, checking every key and shape.
+
+    Model parameters missing from the checkpoint keep their fresh initialisation (a new task
+    head) and are listed in ``report.initialized``. Checkpoint keys of other BERT heads are
+    listed in ``report.unused``. With ``strict`` a key that no BERT model has, or a shape that
+    differs, raises ``ValueError`` naming the key; without it they are skipped with a warning.
+    """
+    own = model.state_dict()
+    has_prefix = any(k.startswith("bert.") for k in own)
+    report = LoadReport()
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for hf_key, tensor in hf_state.items():
+            if _IGNORED_HF_KEYS.search(hf_key):
+                continue
+            key = _model_key(hf_key, has_prefix)
+            if key not in own:
+                if _OTHER_HEAD_KEYS.match(hf_key) or _OTHER_HEAD_KEYS.match(key):
+                    report.unused.append(hf_key)
+                else:
+                    report.unknown.append(hf_key)
+                continue
+            if own[key].shape != tensor.shape:
+                report.mismatched.append(f"{hf_key}: checkpoint {tuple(tensor.shape)} vs model "
+                                         f"{tuple(own[key].shape)}")
+                continue
+            own[key].copy_(tensor.to(own[key].dtype))
+            loaded.add(key)
+    report.initialized = sorted(k for k in own if k not in loaded)
+    problems = []
+    if report.unknown:
+        problems.append(f"unknown key(s) {', '.join(report.unknown[:10])}"
+                        + (f" and {len(report.unknown) - 10} more" if len(report.unknown) > 10 else ""))
+    if report.mismatched:
+        problems.append(f"shape mismatch for {'; '.join(report.mismatched[:10])}")
+    if problems:
+        message = "checkpoint does not fit the model: " + "; ".join(problems)
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message + " (skipped because strict=False)", stacklevel=3)
+    return report
+
+
+def load_model(cls: type, folder: str | os.PathLike, strict: bool = True, verbose: bool = True,
+               **config_overrides: Any):
+    """Build ``cls`` from ``folder/config.json`` and load the folder's weights into it."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    config = BertConfig.from_pretrained(folder)
+    if "num_labels" in config_overrides:
+        n = config_overrides.pop("num_labels")
+        if config.id2label is None or len(config.id2label) != n:
+            config.num_labels = n
+    for name, value in config_overrides.items():
+        if not hasattr(config, name):
+            raise ValueError(f"unknown config field {name!r}")
+        setattr(config, name, value)
+    if config.id2label is not None and "id2label" in config_overrides and "label2id" not in config_overrides:
+        config.label2id = {v: k for k, v in config.id2label.items()}
+    config.__post_init__()
+    model = cls(config)
+    report = load_state_dict_into(model, read_state_dict(folder), strict=strict)
+    # Keys a base checkpoint lacks in a head class are the head, which is expected to be new.
+    if verbose and report.initialized:
+        print(f"[bertkit] {cls.__name__}: initialised {len(report.initialized)} new tensor(s) not "
+              f"in {folder}: {', '.join(report.initialized[:6])}"
+              + (" ..." if len(report.initialized) > 6 else ""))
+    model.load_report = report
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------- writing
+def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under HF names, contiguous, with wrapper prefixes removed."""
+    model = unwrap_model(model)
+    out = {}
+    for key, tensor in model.state_dict().items():
+        out[to_hf_name(key)] = tensor.detach().contiguous()
+    return out
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel and ``torch.compile`` wrappers (whose
+    ``module.`` / ``_orig_mod.`` prefixes must never reach a checkpoint)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Write ``config.json`` (with ``architectures``) and ``model.safetensors``."""
+    from safetensors.torch import save_file
+    model = unwrap_model(model)
+    os.makedirs(folder, exist_ok=True)
+    config: BertConfig = model.config
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(folder)
+    save_file(hf_state_dict(model), os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})

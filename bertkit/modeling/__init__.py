@@ -1,0 +1,1 @@
+"""Model code: the Transformer's layers (layers.py) and BERT with its heads (bert.py)."""

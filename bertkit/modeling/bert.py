@@ -1,0 +1,381 @@
+"""BERT (Devlin et al., 2019): the encoder and its heads.
+
+Shapes: B batch, T sequence length, H hidden size, N heads, V vocabulary, C classes,
+M masked positions in a batch, L layers.
+
+Every class loads and saves Hugging Face folders through :class:`BertPreTrainedModel`
+(``from_pretrained`` / ``save_pretrained``); parameter names are mapped in
+:mod:`bertkit.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertkit.config import BertConfig
+from bertkit.modeling.layers import ACTIVATIONS, BertEmbeddings, EncoderLayer, padding_mask_bias
+
+IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------- outputs
+@dataclass
+class BertOutput:
+    last_hidden_state: torch.Tensor                      # (B, T, H)
+    pooler_output: torch.Tensor | None = None            # (B, H)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # L + 1 of (B, T, H): embeddings, layers
+    attentions: tuple[torch.Tensor, ...] | None = None   # L of (B, N, T, T)
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: torch.Tensor | None
+    prediction_logits: torch.Tensor  # (B, T, V); with labels, only masked positions: (M, V)
+    seq_relationship_logits: torch.Tensor                # (B, 2)
+    mlm_loss: torch.Tensor | None = None
+    nsp_loss: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MaskedLMOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, T, V); with labels, only masked positions: (M, V)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # sequence: (B, C); token: (B, T, C)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class QuestionAnsweringOutput:
+    loss: torch.Tensor | None
+    start_logits: torch.Tensor                           # (B, T)
+    end_logits: torch.Tensor                             # (B, T)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------- base class
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation and HF-folder loading/saving shared by every BERT class."""
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        """BERT's initialisation: N(0, initializer_range) for matrices, zero biases, unit
+        LayerNorm, a zero row for the padding embedding."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, MaskedLMHead):
+                nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, strict: bool = True,
+                        verbose: bool = True, **config_overrides: Any):
+        """Load an HF-format folder (``config.json`` + ``model.safetensors`` or
+        ``pytorch_model.bin``). ``config_overrides`` set config fields first (e.g.
+        ``num_labels=3``, ``id2label={...}``, ``hidden_dropout_prob=0.0``). Head weights the
+        folder lacks are initialised fresh and reported; see :func:`bertkit.checkpoint.load_model`."""
+        from bertkit.checkpoint import load_model
+        return load_model(cls, folder, strict=strict, verbose=verbose, **config_overrides)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` with HF parameter names."""
+        from bertkit.checkpoint import save_model
+        save_model(self, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+# ---------------------------------------------------------------------------- the encoder
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool,
+                output_hidden_states: bool) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        all_hidden = [hidden] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        for layer in self.layers:
+            hidden, probs = layer(hidden, bias, need_weights=output_attentions)   # (B, T, H)
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            if output_attentions:
+                all_attentions.append(probs)
+        return (hidden, tuple(all_hidden) if all_hidden is not None else None,
+                tuple(all_attentions) if all_attentions is not None else None)
+
+
+class BertPooler(nn.Module):
+    """tanh(Dense(hidden state of [CLS])): the sentence vector NSP was trained on."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))                          # (B, H)
+
+
+class BertModel(BertPreTrainedModel):
+    """The BERT encoder: embeddings, L post-LN Transformer layers, an optional tanh pooler.
+
+    ``forward(input_ids (B, T), attention_mask (B, T) 1=real 0=pad, token_type_ids (B, T))``
+    returns a :class:`BertOutput` with ``last_hidden_state`` (B, T, H) and ``pooler_output``
+    (B, H), plus every layer's output and attention probabilities when asked.
+    """
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, output_attentions: bool = False,
+                output_hidden_states: bool = False) -> BertOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        hidden = self.embeddings(input_ids, token_type_ids)                   # (B, T, H)
+        # No padding -> no mask at all, which lets SDPA take its fastest kernel.
+        bias = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            bias = padding_mask_bias(attention_mask, hidden.dtype)            # (B, 1, 1, T)
+        hidden, all_hidden, all_attentions = self.encoder(
+            hidden, bias, output_attentions, output_hidden_states)
+        pooled = self.pooler(hidden) if self.pooler is not None else None    # (B, H)
+        return BertOutput(hidden, pooled, all_hidden, all_attentions)
+
+
+# ---------------------------------------------------------------------------- heads
+class MaskedLMHead(nn.Module):
+    """Dense + activation + LayerNorm, then a projection onto the vocabulary whose matrix is
+    the word embedding matrix (tied, as in BERT) plus a per-word bias."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACTIVATIONS[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.word_embeddings = [word_embeddings]  # a list: tied, not a second registered copy
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., V)."""
+        hidden = self.norm(self.activation(self.dense(hidden)))
+        return F.linear(hidden, self.word_embeddings[0].weight, self.bias)
+
+
+def masked_lm_logits_and_loss(head: MaskedLMHead, hidden: torch.Tensor,
+                              labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Project onto the vocabulary; with labels, only at the masked positions.
+
+    Original BERT gathers the ~15% masked positions before the vocabulary projection: for a
+    small model the (B*T, H) x (H, V) product over all positions would be most of the step.
+
+    Returns logits (B, T, V) without labels, or (M, V) for the M positions where
+    ``labels != -100`` (row-major order) with the mean cross-entropy there.
+    """
+    if labels is None:
+        return head(hidden), None
+    selected = labels != IGNORE_INDEX                                         # (B, T)
+    logits = head(hidden[selected])                                           # (M, V)
+    if logits.size(0) == 0:
+        return logits, logits.sum() * 0.0  # no masked token: zero loss, graph kept for DDP
+    return logits, F.cross_entropy(logits, labels[selected])
+
+
+class BertForPreTraining(BertPreTrainedModel):
+    """BERT with its two pretraining heads: masked language modelling and next-sentence
+    prediction. ``labels`` (B, T) hold the original ids at masked positions and -100 elsewhere;
+    ``next_sentence_label`` (B,) is 0 for IsNext, 1 for NotNext. The loss is their sum."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.mlm = MaskedLMHead(config, self.bert.embeddings.word_embeddings)
+        self.nsp = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None, output_attentions: bool = False,
+                output_hidden_states: bool = False) -> PreTrainingOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
+                        output_hidden_states)
+        prediction_logits, mlm_loss = masked_lm_logits_and_loss(self.mlm, out.last_hidden_state, labels)
+        nsp_logits = self.nsp(out.pooler_output)                              # (B, 2)
+        nsp_loss = None
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(nsp_logits, next_sentence_label.view(-1))
+        losses = [loss for loss in (mlm_loss, nsp_loss) if loss is not None]
+        loss = sum(losses) if losses else None
+        return PreTrainingOutput(loss, prediction_logits, nsp_logits, mlm_loss, nsp_loss,
+                                 out.hidden_states, out.attentions)
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """BERT with the masked-language-model head only (no pooler, as in transformers)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.mlm = MaskedLMHead(config, self.bert.embeddings.word_embeddings)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> MaskedLMOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
+                        output_hidden_states)
+        logits, loss = masked_lm_logits_and_loss(self.mlm, out.last_hidden_state, labels)
+        return MaskedLMOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+def _classifier_dropout(config: BertConfig) -> nn.Dropout:
+    p = config.classifier_dropout
+    return nn.Dropout(config.hidden_dropout_prob if p is None else p)
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """A linear classifier on the pooled [CLS] vector.
+
+    ``labels`` (B,): class ids (cross-entropy), or floats when ``num_labels == 1`` (regression,
+    MSE), or (B, C) multi-hot floats when ``problem_type == "multi_label_classification"``
+    (binary cross-entropy) — the rules of transformers.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> ClassifierOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
+                        output_hidden_states)
+        logits = self.classifier(self.dropout(out.pooler_output))             # (B, C)
+        loss = None
+        if labels is not None:
+            problem = self.config.problem_type
+            if problem is None:
+                if self.num_labels == 1:
+                    problem = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    problem = "single_label_classification"
+                else:
+                    problem = "multi_label_classification"
+            if problem == "regression":
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+            elif problem == "single_label_classification":
+                loss = F.cross_entropy(logits, labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return ClassifierOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """A linear classifier on every token (NER). ``labels`` (B, T), -100 where ignored."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                output_attentions: bool = False, output_hidden_states: bool = False) -> ClassifierOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
+                        output_hidden_states)
+        logits = self.classifier(self.dropout(out.last_hidden_state))          # (B, T, C)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return ClassifierOutput(loss, logits, out.hidden_states, out.attentions)
+
+
+class BertForQuestionAnswering(BertPreTrainedModel):
+    """Extractive QA: a start and an end score for every token.
+
+    ``start_positions`` / ``end_positions`` (B,) index the answer's first and last token; 0
+    (the [CLS] token) means no answer. Positions outside the sequence are ignored in the loss.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.init_weights()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
+                output_attentions: bool = False,
+                output_hidden_states: bool = False) -> QuestionAnsweringOutput:
+        out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
+                        output_hidden_states)
+        logits = self.qa_outputs(out.last_hidden_state)                       # (B, T, 2)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]             # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            length = start_logits.size(1)
+            # As transformers: a position past the end is clamped to T and ignored.
+            start = start_positions.view(-1).clamp(0, length)
+            end = end_positions.view(-1).clamp(0, length)
+            loss = (F.cross_entropy(start_logits, start, ignore_index=length)
+                    + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
+        return QuestionAnsweringOutput(loss, start_logits, end_logits, out.hidden_states,
+                                       out.attentions)
+
+
+HEAD_CLASSES = {cls.__name__: cls for cls in (
+    BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+    BertForTokenClassification, BertForQuestionAnswering)}

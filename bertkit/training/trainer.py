@@ -1,0 +1,1183 @@
+"""The Trainer: one training loop for every bertkit task.
+
+It trains any ``nn.Module`` whose ``forward(**batch)`` returns an object with a scalar ``.loss``
+(every bertkit head does when the batch carries labels). Pretraining, fine-tuning, translation
+and PEFT all use it; what differs between them is passed in: the datasets and collator, an
+``eval_fn`` computing the task's metrics, an ``on_step`` hook, a ``save_fn``.
+
+Reading order: :class:`TrainingConfig` (every knob), :func:`param_groups` and
+:class:`LRSchedule` (optimizer and schedule), :class:`ShardedBatchSampler` (data order),
+then :class:`Trainer` -- whose :meth:`Trainer._train_step` is the whole update, top to bottom,
+and whose :meth:`Trainer._checkpoint_payload` / :meth:`Trainer._restore` are the one place the
+resumable state is saved and loaded.
+
+Layout of a run folder (``config.out_dir``)::
+
+    training_config.json      the TrainingConfig of the run
+    metrics.jsonl             one JSON object per event (train log, eval, plan, start, end)
+    tensorboard/              TensorBoard event files
+    curves.png                training loss and eval metrics against the step (at the end)
+    checkpoints/latest        text file naming the newest complete checkpoint ("step-300")
+    checkpoints/step-N/       model folder (save_fn) + trainer_state.pt (everything to resume)
+    best/                     model folder of the best evaluation + best.json + model_state.pt
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from bertkit.training.logs import CURVES_FILE, RunLogger, plot_curves
+
+STATE_FILE = "trainer_state.pt"
+BEST_DIR = "best"
+BEST_STATE_FILE = "model_state.pt"
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+
+SCHEDULES = ("linear", "cosine", "constant", "inverse_sqrt")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+
+# A time-budgeted run times this many updates (after the first one of a session, which pays for
+# allocations and warm-up) before it fixes the schedule's total number of steps.
+PLAN_STEPS = 5
+
+# Resume is exact only if these are unchanged; a resume that changes them is allowed but warned.
+_RESUME_SENSITIVE = ("batch_size", "grad_accum_steps", "seed", "drop_last", "lr", "schedule",
+                     "warmup_steps", "warmup_ratio", "mixed_precision")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in a duration: ``"90s"`` -> 90.0, ``"10m"`` -> 600.0, ``"1h30m"`` -> 5400.0.
+
+    A bare number (``"45"``, ``45``, ``2.5``) is seconds. Units are h, m, s, in that order, each
+    at most once. Raises ``ValueError`` for anything else or for a duration that is not positive.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"cannot parse duration {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = re.sub(r"\s+", "", str(value)).lower()
+        number = r"(\d+(?:\.\d*)?|\.\d+)"
+        match = re.fullmatch(rf"(?:{number}h)?(?:{number}m)?(?:{number}s)?", text)
+        if re.fullmatch(number, text):
+            seconds = float(text)
+        elif text and match and any(match.groups()):
+            h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            seconds = 3600 * h + 60 * m + s
+        else:
+            raise ValueError(f"cannot parse duration {value!r}: use seconds or h/m/s units, "
+                             f"e.g. '90s', '10m', '1h30m'")
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+@dataclass
+class TrainingConfig:
+    """Every knob of a training run. Steps count optimizer updates (not micro-batches).
+
+    Length: at least one of ``max_steps``, ``epochs``, ``time_budget`` must be set; the run stops
+    at the first one reached. ``time_budget`` is seconds or a string for :func:`parse_duration`
+    (``"10m"``); it is stored as seconds.
+
+    Batches: ``batch_size`` is per process and per micro-batch; one update sees
+    ``batch_size * grad_accum_steps * world_size`` examples.
+
+    ``eval_every``: evaluate every N steps; 0 = at the end of every epoch. The run is always
+    evaluated at its end when there is something to evaluate. ``save_every``: checkpoint every N
+    steps (0 = only at the end); ``keep_last``: how many step checkpoints to keep (None = all).
+
+    ``mixed_precision``: "no", "bf16", "fp16" or "auto" (bf16 on a CUDA device that supports it,
+    else fp16 on CUDA; "no" on CPU, where bf16 matmuls are hundreds of times slower than fp32).
+    """
+
+    out_dir: str = "runs/train"
+    # optimizer
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    # schedule
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    # batches
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    grad_accum_steps: int = 1
+    drop_last: bool = False
+    num_workers: int = 0
+    # length
+    max_steps: int | None = None
+    epochs: float | None = None
+    time_budget: float | str | None = None
+    # evaluation, best checkpoint, early stopping
+    eval_every: int = 0
+    metric_for_best: str = "eval_loss"
+    greater_is_better: bool | None = None
+    patience: int | None = None
+    save_best: bool = True
+    load_best_at_end: bool = False
+    # checkpoints
+    save_every: int = 1000
+    keep_last: int | None = 3
+    # logging
+    log_every: int = 10
+    progress_bar: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+    # hardware
+    mixed_precision: str = "auto"
+    device: str | None = None
+    compile: bool = False
+    ddp_find_unused_parameters: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        def fail(name: str, rule: str) -> None:
+            raise ValueError(f"TrainingConfig.{name} {rule}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        self.adam_betas = tuple(self.adam_betas)
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"must be one of {SCHEDULES}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            fail("mixed_precision", f"must be one of {MIXED_PRECISION}")
+        if not self.lr > 0:
+            fail("lr", "must be positive")
+        if self.weight_decay < 0:
+            fail("weight_decay", "must be >= 0")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            fail("adam_betas", "must be two numbers in [0, 1)")
+        for name in ("batch_size", "grad_accum_steps", "log_every"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "must be a positive integer")
+        for name in ("warmup_steps", "num_workers", "eval_every", "save_every"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                fail(name, "must be an integer >= 0")
+        for name in ("max_steps", "keep_last", "patience", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                fail(name, "must be a positive integer or None")
+        if not 0 <= self.warmup_ratio < 1:
+            fail("warmup_ratio", "must be in [0, 1)")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("TrainingConfig: set warmup_steps or warmup_ratio, not both "
+                             f"(got {self.warmup_steps} and {self.warmup_ratio})")
+        if self.epochs is not None and not self.epochs > 0:
+            fail("epochs", "must be positive or None")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            fail("max_grad_norm", "must be positive or None")
+        if self.time_budget is not None:
+            self.time_budget = parse_duration(self.time_budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainingConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"TrainingConfig has no field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def resolve_mixed_precision(mode: str, device: torch.device) -> str:
+    """Turn "auto" into "bf16" / "fp16" / "no" for ``device``; other modes are returned as is."""
+    if mode != "auto":
+        return mode
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+# ----------------------------------------------------------------------------- optimizer, schedule
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: trainable parameters with and without weight decay.
+
+    Rule: a parameter gets no weight decay when it has fewer than 2 dimensions (biases,
+    LayerNorm/RMSNorm gains and shifts, scalars) or belongs to a normalisation layer (module
+    class name containing "Norm", or parameter name containing "LayerNorm"/"layer_norm").
+    Decaying those pulls the network's scales and offsets towards 0, which is not the
+    regularisation wanted (BERT's original optimizer excludes them the same way); weight
+    matrices and embeddings are decayed. Frozen parameters (``requires_grad=False``) are left
+    out; a parameter shared by two modules (tied embeddings) appears once.
+
+    Returns up to two dicts ``{"params", "param_names", "weight_decay"}`` (decay group first),
+    ready for ``torch.optim.AdamW``.
+    """
+    decay: dict[str, nn.Parameter] = {}
+    no_decay: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        is_norm_module = "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full = f"{module_name}.{name}" if module_name else name
+            if param.ndim < 2 or is_norm_module or re.search(r"layer_?norm", full, re.I):
+                no_decay[full] = param
+            else:
+                decay[full] = param
+    groups = [{"params": list(ps.values()), "param_names": list(ps), "weight_decay": wd}
+              for ps, wd in ((decay, weight_decay), (no_decay, 0.0)) if ps]
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters "
+                         "(every parameter has requires_grad=False)")
+    return groups
+
+
+def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`, fused when the parameters' device and dtype allow it
+    (on these CPUs the fused kernel is ~40x faster than the per-parameter loop)."""
+    groups = param_groups(model, config.weight_decay)
+    kwargs = dict(lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # device/dtype without a fused kernel
+        return torch.optim.AdamW(param_groups(model, config.weight_decay), **kwargs)
+
+
+class LRSchedule:
+    """The learning-rate multiplier of the update with 0-based index ``step``.
+
+    With W warmup steps and T planned total steps, update ``step`` (the ``step+1``-th update)
+    uses ``lr * factor(step)``:
+
+    - warmup (all schedules except inverse_sqrt): ``(step + 1) / W`` for ``step < W``, so the
+      first update already moves and update W reaches the peak;
+    - "linear": ``(T - step) / (T - W)``; "cosine": ``0.5 * (1 + cos(pi * (step - W) / (T - W)))``
+      -- both 1 right after warmup and 0 at ``step = T`` (the update after the last);
+    - "constant": 1 after warmup;
+    - "inverse_sqrt" (Vaswani et al. 2017): ``min(u / W, sqrt(W / u))`` with ``u = step + 1``.
+      The paper's ``d_model^-0.5 * min(u^-0.5, u * W^-1.5)`` divided by its peak value
+      ``d_model^-0.5 * W^-0.5``, so the peak is ``lr``; the paper's exact rate is
+      ``lr = d_model**-0.5 * W**-0.5``. With W = 0 it is ``u^-0.5``.
+
+    ``warmup_ratio`` sets ``W = ceil(ratio * T)``. ``total_steps`` may be unknown (None) while a
+    time-budgeted run measures its speed (see :class:`Trainer`); until then decay schedules
+    hold 1 after warmup, and a ratio-based warmup, whose length is not known yet, uses factor 0
+    (those first few updates only accumulate Adam's moment estimates).
+
+    Plain attributes only: ``LambdaLR`` saves and restores them with the scheduler's state, so
+    a resumed run continues the same plan.
+    """
+
+    def __init__(self, kind: str, warmup_steps: int = 0, warmup_ratio: float = 0.0,
+                 total_steps: int | None = None) -> None:
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}; expected one of {SCHEDULES}")
+        self.kind = kind
+        self.warmup_steps = warmup_steps
+        self.warmup_ratio = warmup_ratio
+        self.total_steps = total_steps
+
+    @property
+    def warmup(self) -> int | None:
+        if not self.warmup_ratio:
+            return self.warmup_steps
+        if self.total_steps is None:
+            return None
+        return math.ceil(self.warmup_ratio * self.total_steps)
+
+    def __call__(self, step: int) -> float:
+        warmup, total = self.warmup, self.total_steps
+        if warmup is None:
+            return 0.0
+        u = step + 1
+        if self.kind == "inverse_sqrt":
+            return min(u / warmup, math.sqrt(warmup / u)) if warmup else u ** -0.5
+        if step < warmup:
+            return u / warmup
+        if self.kind == "constant" or total is None:
+            return 1.0
+        progress = min(1.0, max(0.0, (step - warmup) / max(1, total - warmup)))
+        if self.kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+class ShardedBatchSampler:
+    """Batches of dataset indices for one epoch on one rank, in an order fixed by (seed, epoch).
+
+    Every rank draws the same permutation of ``range(num_examples)`` from ``(seed, epoch)``;
+    rank r takes permutation positions r, r+W, r+2W, ... (W = world_size). Batch j of all ranks
+    together is therefore the contiguous chunk j (size ``batch_size * W``) of the permutation:
+    the examples one process with ``batch_size * W`` sees as its batch j.
+
+    ``drop_last=True`` drops the examples that do not fill a whole batch on every rank; with
+    False the permutation is first extended by wrapping around to a multiple of W (each rank
+    the same number of examples, as DDP needs), and the last batch may be smaller.
+    ``start`` skips the first ``start`` batches by index, without touching the dataset (resume).
+    Yields lists of ints.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 drop_last: bool = False, start: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.shuffle, self.drop_last, self.start = shuffle, drop_last, start
+
+    @staticmethod
+    def num_batches(num_examples: int, batch_size: int, world_size: int = 1,
+                    drop_last: bool = False) -> int:
+        """Batches per epoch on each rank."""
+        if drop_last:
+            return num_examples // (batch_size * world_size)
+        return math.ceil(math.ceil(num_examples / world_size) / batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches(self.num_examples, self.batch_size, self.world_size,
+                                       self.drop_last) - self.start)
+
+    def __iter__(self):
+        n, w, b = self.num_examples, self.world_size, self.batch_size
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.drop_last:
+            order = order[: (n // (b * w)) * b * w]
+        else:
+            order = np.resize(order, math.ceil(n / w) * w)  # wraps around to a multiple of w
+        share = order[self.rank::w].tolist()
+        for j in range(self.start, self.num_batches(n, b, w, self.drop_last)):
+            yield share[j * b:(j + 1) * b]
+
+
+class _BatchStream:
+    """Micro-batches epoch after epoch; ``(epoch, index)`` is always the next batch to read."""
+
+    def __init__(self, make_loader: Callable[[int, int], DataLoader], batches_per_epoch: int,
+                 epoch: int, index: int) -> None:
+        self.make_loader, self.batches_per_epoch = make_loader, batches_per_epoch
+        self.epoch, self.index = epoch, index
+        self._it = None
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._it = iter(self.make_loader(self.epoch, self.index))
+        batch = next(self._it)
+        self.index += 1
+        if self.index == self.batches_per_epoch:  # roll over now so the position is unambiguous
+            self.epoch, self.index, self._it = self.epoch + 1, 0, None
+        return batch
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and every CUDA device) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _capture_rng() -> dict[str, Any]:
+    # NumPy's state holds an ndarray; stored as a list so trainer_state.pt loads with
+    # torch.load(weights_only=True).
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _isolated_rng(seed: int):
+    """Run a block with every global generator seeded to ``seed`` and restore them after.
+
+    Evaluation runs inside it: it draws the same masks every time (eval numbers are comparable
+    across the run) and leaves the training stream untouched (resume stays exact).
+    """
+    saved = _capture_rng()
+    set_seed(seed)
+    try:
+        yield
+    finally:
+        _restore_rng(saved)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)
+    wrappers: the one whose ``state_dict`` keys carry no ``module.`` / ``_orig_mod.`` prefix."""
+    while True:
+        if isinstance(model, (DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def default_save_fn(model: nn.Module, folder: str) -> None:
+    """``model.save_pretrained(folder)`` when the model has it, else its state_dict as
+    ``folder/model.safetensors`` (tied tensors stored once)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder)
+    else:
+        from safetensors.torch import save_model
+        save_model(model, os.path.join(folder, "model.safetensors"))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _count_tokens(batch: Mapping[str, Any]) -> int:
+    """Real tokens in a batch: sum of attention_mask, else input_ids.numel(), else 0."""
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor):
+        return int(mask.sum())
+    ids = batch.get("input_ids")
+    return ids.numel() if isinstance(ids, torch.Tensor) else 0
+
+
+def _batch_len(batch: Mapping[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            return value.shape[0]
+    return 1
+
+
+def _loss_of(output: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(f"the model's forward returned {type(output).__name__} without a "
+                         f"tensor .loss; the batch (keys {sorted(batch)}) must carry the labels")
+    if loss.ndim != 0:
+        raise ValueError(f"the model's loss must be a scalar, got shape {tuple(loss.shape)}")
+    return loss
+
+
+def _float_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Numbers as Python floats (tensors and numpy scalars included); other values kept."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (torch.Tensor, np.generic)) and np.ndim(value) == 0:
+            value = float(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        out[str(key)] = value
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``root/step-N`` that holds a trainer state, oldest first.
+    Half-written saves live in ``.tmp-*`` folders and never match."""
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            match = re.fullmatch(r"step-(\d+)", child.name)
+            if match and (child / STATE_FILE).is_file():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint folder to resume from.
+
+    ``path`` is a checkpoint folder (holds ``trainer_state.pt``), a run folder (its
+    ``checkpoints/latest`` is used) or a ``checkpoints`` folder. If the ``latest`` pointer is
+    missing or points at a folder that is gone, the complete checkpoint with the highest step is
+    used. Raises ``FileNotFoundError`` naming ``path`` when there is none.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    if (path / STATE_FILE).is_file():
+        return path
+    for root in (path / CHECKPOINTS_DIR, path):
+        pointer = root / LATEST_FILE
+        if pointer.is_file():
+            target = root / pointer.read_text(encoding="utf-8").strip()
+            if (target / STATE_FILE).is_file():
+                return target
+            warnings.warn(f"{pointer} points at {target}, which is not a complete checkpoint; "
+                          "using the newest complete one", stacklevel=2)
+        found = _complete_checkpoints(root)
+        if found:
+            return found[-1][1]
+    raise FileNotFoundError(f"cannot resume: no checkpoint in {path} (expected a folder holding "
+                            f"{STATE_FILE}, or a run folder with {CHECKPOINTS_DIR}/step-N/)")
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainerState:
+    """Progress of a run: the counters saved with every checkpoint (besides the model,
+    optimizer, scheduler, scaler and RNG states)."""
+
+    step: int = 0                 # optimizer updates done
+    epoch: int = 0                # data position: epoch of the next micro-batch ...
+    batch_in_epoch: int = 0       # ... and its index in this rank's share of that epoch
+    elapsed: float = 0.0          # seconds of training over all sessions (for the time budget)
+    tokens_seen: int = 0          # on this rank
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    last_eval_step: int | None = None
+    last_save_step: int | None = None
+    # The open log window (steps since the last "train" log line), so a resumed run logs the
+    # same means as one that never stopped.
+    window_loss: float = 0.0
+    window_steps: int = 0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` returns."""
+
+    steps: int
+    epochs: float                 # epochs of data consumed (fractional)
+    stop_reason: str              # max_steps | epochs | time_budget | early_stopping | callback
+    train_loss: float | None      # mean loss of the last logged window
+    metrics: dict[str, Any]       # the last evaluation ({} when nothing to evaluate)
+    best_metric: float | None
+    best_step: int | None
+    best_dir: str | None          # out_dir/best when a best model was saved
+    checkpoint_dir: str | None    # the final checkpoint (None on ranks other than 0)
+    elapsed: float
+    log_history: list[dict[str, Any]]
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1 and dist.is_initialized()
+
+
+def _setup_distributed(device: str | None) -> tuple[_Dist, torch.device]:
+    """Join the process group when launched by torchrun (env WORLD_SIZE > 1): gloo on CPU,
+    nccl on CUDA, one GPU per local rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 and not dist.is_initialized():
+        return _Dist(), torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), local_rank, dist.get_world_size()), dev
+
+
+class Trainer:
+    """Trains ``model`` on ``train_dataset``: AdamW, warmup + decay, accumulation, clipping,
+    autocast, DDP, evaluation, early stopping, best model, checkpoints and exact resume.
+
+    Args:
+        model: any ``nn.Module`` (possibly already ``torch.compile``-d) whose ``forward(**batch)``
+            returns an object (or dict) with a scalar ``loss``.
+        config: a :class:`TrainingConfig`.
+        train_dataset: a map-style dataset (``__len__`` and ``__getitem__``).
+        collate_fn: list of examples -> batch dict of tensors, e.g. ``input_ids`` (B, T),
+            ``attention_mask`` (B, T), labels... (B = batch, T = sequence length). It may draw
+            random numbers from torch's global generator (MLM masking): that generator is part
+            of the checkpoint, so a resumed run draws the same masks.
+        eval_fn: ``eval_fn(model) -> {name: number}``, the task's metrics, called with the
+            unwrapped model in eval mode under ``torch.no_grad()``, with all global generators
+            seeded to ``config.seed`` (same masks on every evaluation) and restored after.
+        eval_dataset: used when ``eval_fn`` is None: the Trainer reports ``eval_loss``, the mean
+            of the per-batch losses weighted by batch size.
+        on_step: ``on_step(model, step) -> bool | None``, called after every optimizer update
+            (``step`` updates done) while the gradients are still there (e.g. AdaLoRA's rank
+            allocation); returning True stops the run cleanly (final eval and checkpoint).
+        save_fn: ``save_fn(model, folder)`` writes the model folder of a checkpoint or of the
+            best model (default :func:`default_save_fn`); always given the unwrapped model.
+
+    Distributed: launched under torchrun, every rank builds the same Trainer; rank r reads
+    its share of each epoch (:class:`ShardedBatchSampler`); only rank 0 logs, evaluates
+    (metrics are broadcast) and writes files.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainingConfig, train_dataset: Any,
+                 collate_fn: Callable[[list], Mapping[str, Any]] | None = None,
+                 eval_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None,
+                 eval_dataset: Any = None,
+                 on_step: Callable[[nn.Module, int], bool | None] | None = None,
+                 save_fn: Callable[[nn.Module, str], None] | None = None) -> None:
+        if not isinstance(config, TrainingConfig):
+            raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
+        if config.max_steps is None and config.epochs is None and config.time_budget is None:
+            raise ValueError("TrainingConfig: set at least one of max_steps, epochs, time_budget")
+        try:
+            num_examples = len(train_dataset)
+        except TypeError:
+            raise ValueError("train_dataset must be a map-style dataset with __len__ "
+                             f"(got {type(train_dataset).__name__})") from None
+        self.config = config
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.collate_fn, self.eval_fn = collate_fn, eval_fn
+        self.on_step, self.save_fn = on_step, save_fn or default_save_fn
+        self.out_dir = Path(config.out_dir)
+        self.state = TrainerState()
+
+        self.dist, self.device = _setup_distributed(config.device)
+        self.precision = resolve_mixed_precision(config.mixed_precision, self.device)
+        self.batches_per_epoch = ShardedBatchSampler.num_batches(
+            num_examples, config.batch_size, self.dist.world_size, config.drop_last)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"train_dataset has {num_examples} examples: not one batch of "
+                             f"batch_size={config.batch_size} x {self.dist.world_size} process(es)"
+                             " with drop_last=True")
+
+        # `model` is what gets saved (no wrapper prefixes); `_forward` is what gets called.
+        self.model = unwrap_model(model).to(self.device)
+        self.model.train()
+        self._ddp = None
+        forward: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self._ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=config.ddp_find_unused_parameters)
+            forward = self._ddp
+        elif model is not self.model:
+            forward = model  # keep the caller's torch.compile wrapper for the forward pass
+        self._forward = torch.compile(forward) if config.compile else forward
+        self._logger: RunLogger | None = None
+
+        self.optimizer = build_optimizer(self.model, config)
+        self._trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.schedule = LRSchedule(config.schedule, config.warmup_steps, config.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [self.schedule] * len(self.optimizer.param_groups))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _apply_lr(self) -> None:
+        """Set the optimizer's lr for the next update from the schedule (after its plan changed)."""
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.schedule(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    # ------------------------------------------------------------------ limits and plan
+    def _step_limit(self) -> tuple[int | None, str | None]:
+        """The step count at which max_steps or epochs ends the run, and which of them."""
+        limits = []
+        if self.config.max_steps is not None:
+            limits.append((self.config.max_steps, "max_steps"))
+        if self.config.epochs is not None:
+            limits.append((math.ceil(self.config.epochs * self.batches_per_epoch
+                                     / self.config.grad_accum_steps), "epochs"))
+        return min(limits) if limits else (None, None)
+
+    def _plan_for_budget(self, step_time: float) -> None:
+        """Fix the schedule's total steps for the time budget from the measured update time.
+
+        Rule: ``T = step + floor((budget - elapsed) / step_time)``, capped by max_steps/epochs,
+        where ``step_time`` is the mean wall time of PLAN_STEPS updates after the first one
+        of the session (slowest rank). Evaluation and checkpoint time is not in the estimate:
+        a run that evaluates often reaches the budget slightly before T, and stops there.
+        """
+        if self.dist.active:  # every rank must plan the same T
+            t = torch.tensor([step_time], dtype=torch.float64, device=self._collective_device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            step_time = float(t)
+        remaining = self.config.time_budget - self.state.elapsed
+        total = self.state.step + max(0, math.floor(remaining / max(step_time, 1e-9)))
+        limit, _ = self._step_limit()
+        if limit is not None:
+            total = min(total, limit)
+        self.schedule.total_steps = max(total, self.state.step)
+        self._apply_lr()
+        self._log({"event": "plan", "step": self.state.step, "elapsed": self.state.elapsed,
+                   "planned_steps": self.schedule.total_steps, "step_time": step_time})
+
+    @property
+    def _collective_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _stop_reason(self, callback_stop: bool) -> str | None:
+        cfg, st = self.config, self.state
+        time_over = cfg.time_budget is not None and st.elapsed >= cfg.time_budget
+        if self.dist.active and (cfg.time_budget is not None or self.on_step is not None):
+            # Clocks and hooks differ between ranks; all stop if any must.
+            flags = torch.tensor([float(callback_stop), float(time_over)],
+                                 device=self._collective_device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            callback_stop, time_over = bool(flags[0]), bool(flags[1])
+        limit, limit_name = self._step_limit()
+        if callback_stop:
+            return "callback"
+        if cfg.patience is not None and st.evals_without_improvement >= cfg.patience:
+            return "early_stopping"
+        if limit is not None and st.step >= limit:
+            return limit_name
+        if time_over or (cfg.time_budget is not None and self.schedule.total_steps is not None
+                         and st.step >= self.schedule.total_steps):
+            return "time_budget"
+        return None
+
+    # ------------------------------------------------------------------ the update
+    def _train_step(self, stream: _BatchStream) -> dict[str, Any]:
+        """One optimizer update, top to bottom. Returns the update's mean loss (a tensor, to
+        avoid a device sync per step), its token count, lr, gradient norm and whether the
+        on_step hook asked to stop."""
+        k = self.config.grad_accum_steps
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        for micro in range(k):
+            batch = next(stream)
+            if not isinstance(batch, Mapping):
+                raise ValueError("collate_fn must return a dict of tensors (the model is called "
+                                 f"as forward(**batch)), got {type(batch).__name__}")
+            tokens += _count_tokens(batch)
+            batch = _to_device(batch, self.device)
+            # DDP all-reduces gradients in every backward unless told not to; only the last
+            # micro-batch of an update needs the averaged gradients, so the others skip it.
+            skip_sync = self._ddp is not None and micro < k - 1
+            with self._ddp.no_sync() if skip_sync else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=self._autocast_dtype,
+                                    enabled=self.precision != "no"):
+                    output = self._forward(**batch)
+                # Each micro-batch's mean loss counts 1/k: k equal-size micro-batches give the
+                # mean over all their examples, and DDP then averages over ranks, so the
+                # update equals one batch of the combined size.
+                loss = _loss_of(output, batch) / k
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach().float()
+
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)  # true gradients for clipping and the hook
+        grad_norm = None
+        if self.config.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._trainable, self.config.max_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        self.scaler.update()
+        self.scheduler.step()
+        self.state.step += 1
+        stop = bool(self.on_step(self.model, self.state.step)) if self.on_step else False
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss_sum, "tokens": tokens, "lr": lr, "grad_norm": grad_norm,
+                "stop": stop}
+
+    @property
+    def _autocast_dtype(self) -> torch.dtype:
+        return torch.float16 if self.precision == "fp16" else torch.bfloat16
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume_from: str | os.PathLike | None = None) -> TrainResult:
+        """Run until max_steps / epochs / time budget / early stopping / the hook stops it.
+
+        ``resume_from``: a checkpoint folder, or a run folder (its latest checkpoint); the run
+        continues exactly where that checkpoint left it: same data position and order,
+        optimizer, scheduler, scaler and RNG states, best metric and log history.
+        At the end the run is evaluated (if there is something to evaluate) and checkpointed,
+        and rank 0 draws ``curves.png``.
+        """
+        cfg, st = self.config, self.state
+        set_seed(cfg.seed + self.dist.rank)  # each rank its own dropout and masking stream
+        resumed = None
+        if resume_from is not None:
+            resumed = find_checkpoint(resume_from)
+            self._restore(torch.load(resumed / STATE_FILE, map_location="cpu", weights_only=True))
+            st = self.state
+        if cfg.time_budget is None and self.schedule.total_steps is None:
+            self.schedule.total_steps = self._step_limit()[0]
+            self._apply_lr()
+
+        self._logger = None
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.out_dir / "training_config.json",
+                          json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self._logger = RunLogger(str(self.out_dir), st.log_history, st.step,
+                                     tensorboard=cfg.tensorboard)
+        self._log({"event": "start", "step": st.step, "resumed_from": str(resumed or ""),
+                   "world_size": self.dist.world_size, "device": str(self.device),
+                   "mixed_precision": self.precision, "batches_per_epoch": self.batches_per_epoch})
+
+        stream = _BatchStream(self._make_loader, self.batches_per_epoch, st.epoch,
+                              st.batch_in_epoch)
+        window_loss = torch.tensor(st.window_loss, device=self.device)
+        window_tokens, window_start = 0, time.perf_counter()
+        session_start, elapsed_before, session_first_step = time.perf_counter(), st.elapsed, st.step
+        probe_start = None
+        last_metrics: dict[str, Any] = {}
+        bar = tqdm(total=self.schedule.total_steps or self._step_limit()[0], initial=st.step,
+                   desc="train", unit="step", dynamic_ncols=True,
+                   disable=not (self.dist.is_main and cfg.progress_bar))
+        checkpoint_dir = None
+        try:
+            stop_reason = self._stop_reason(callback_stop=False)
+            while stop_reason is None:
+                epoch_before = stream.epoch
+                out = self._train_step(stream)
+                st.elapsed = elapsed_before + time.perf_counter() - session_start
+                st.epoch, st.batch_in_epoch = stream.epoch, stream.index
+                st.tokens_seen += out["tokens"]
+                window_loss += out["loss"]
+                window_tokens += out["tokens"]
+                st.window_steps += 1
+                bar.update(1)
+
+                if st.step % cfg.log_every == 0:
+                    self._log_train(window_loss, window_tokens, time.perf_counter() - window_start,
+                                    out, bar)
+                    window_loss.zero_()
+                    window_tokens, window_start, st.window_steps = 0, time.perf_counter(), 0
+                epoch_done = stream.epoch > epoch_before
+                if self._can_evaluate and (cfg.eval_every and st.step % cfg.eval_every == 0
+                                           or not cfg.eval_every and epoch_done):
+                    last_metrics = self._evaluate_and_track()
+                if cfg.save_every and st.step % cfg.save_every == 0:
+                    st.window_loss = float(window_loss)
+                    checkpoint_dir = self.save_checkpoint()
+
+                if cfg.time_budget is not None and self.schedule.total_steps is None:
+                    if st.step == session_first_step + 1:
+                        probe_start = time.perf_counter()
+                    elif probe_start is not None and st.step == session_first_step + 1 + PLAN_STEPS:
+                        self._plan_for_budget((time.perf_counter() - probe_start) / PLAN_STEPS)
+                        bar.total = self.schedule.total_steps
+                        bar.refresh()
+                stop_reason = self._stop_reason(callback_stop=out["stop"])
+
+            # A clean end: final evaluation and checkpoint, unless this step already has them.
+            if self._can_evaluate and st.last_eval_step != st.step:
+                last_metrics = self._evaluate_and_track()
+            elif st.last_eval_step == st.step and st.log_history:
+                last_metrics = next((e for e in reversed(st.log_history)
+                                     if e.get("event") == "eval"), {})
+            if st.last_save_step != st.step:
+                st.window_loss = float(window_loss)
+                checkpoint_dir = self.save_checkpoint()
+            elif self.dist.is_main:
+                checkpoint_dir = str(self.out_dir / CHECKPOINTS_DIR / f"step-{st.step}")
+            self._log({"event": "end", "step": st.step, "stop_reason": stop_reason,
+                       "elapsed": st.elapsed})
+            if self.dist.is_main and cfg.plot:
+                plot_curves(st.log_history, str(self.out_dir / CURVES_FILE))
+        finally:
+            bar.close()
+            if self._logger is not None:
+                self._logger.close()
+
+        best_dir = self.out_dir / BEST_DIR
+        has_best = st.best_step is not None and cfg.save_best
+        if cfg.load_best_at_end and has_best:
+            self.load_best()
+        last_train = next((e["loss"] for e in reversed(st.log_history)
+                           if e.get("event") == "train"), None)
+        metrics = {k: v for k, v in last_metrics.items() if k not in ("event", "step", "epoch")}
+        return TrainResult(
+            steps=st.step, epochs=self._epoch_progress(), stop_reason=stop_reason,
+            train_loss=last_train, metrics=metrics, best_metric=st.best_metric,
+            best_step=st.best_step, best_dir=str(best_dir) if has_best else None,
+            checkpoint_dir=checkpoint_dir, elapsed=st.elapsed, log_history=list(st.log_history))
+
+    def _make_loader(self, epoch: int, start: int) -> DataLoader:
+        cfg = self.config
+        sampler = ShardedBatchSampler(
+            len(self.train_dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch,
+            rank=self.dist.rank, world_size=self.dist.world_size, drop_last=cfg.drop_last,
+            start=start)
+        # A private generator: DataLoader draws its worker base seed from the *global* torch
+        # generator otherwise, which would shift the collator's random stream at every epoch
+        # and differently in a resumed run.
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        return DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
+                          num_workers=cfg.num_workers, generator=generator,
+                          pin_memory=self.device.type == "cuda")
+
+    def _epoch_progress(self) -> float:
+        return self.state.epoch + self.state.batch_in_epoch / self.batches_per_epoch
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, event: dict[str, Any]) -> None:
+        """Record an event in the resumable history and, on rank 0, in metrics.jsonl/TensorBoard."""
+        self.state.log_history.append(event)
+        if self._logger is not None:
+            self._logger.log(event)
+
+    def _log_train(self, window_loss: torch.Tensor, tokens: int, seconds: float,
+                   out: Mapping[str, Any], bar: tqdm) -> None:
+        steps = self.state.window_steps
+        totals = torch.stack([window_loss.double().cpu(), torch.tensor(float(tokens),
+                                                                        dtype=torch.float64)])
+        if self.dist.active:  # the loss of all ranks, the tokens of all ranks
+            totals = totals.to(self._collective_device)
+            dist.all_reduce(totals)
+            totals = totals.cpu() / torch.tensor([self.dist.world_size, 1.0], dtype=torch.float64)
+        loss = float(totals[0]) / steps
+        event = {"event": "train", "step": self.state.step, "epoch": self._epoch_progress(),
+                 "loss": loss, "lr": out["lr"],
+                 "grad_norm": None if out["grad_norm"] is None else float(out["grad_norm"]),
+                 "tokens_per_s": float(totals[1]) / max(seconds, 1e-9),
+                 "elapsed": self.state.elapsed}
+        self._log(event)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{out['lr']:.2e}",
+                        tok_s=f"{event['tokens_per_s']:.0f}", refresh=False)
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def _can_evaluate(self) -> bool:
+        return self.eval_fn is not None or self.eval_dataset is not None
+
+    def evaluate(self) -> dict[str, Any]:
+        """The task metrics (``eval_fn``) or ``{"eval_loss": mean}`` on ``eval_dataset``.
+
+        Rank 0 computes them on the unwrapped model (eval mode, no_grad, generators seeded to
+        ``config.seed`` and restored after); every rank receives the same dict.
+        """
+        metrics = None
+        if self.dist.is_main:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with _isolated_rng(self.config.seed), torch.no_grad():
+                    if self.eval_fn is not None:
+                        metrics = self.eval_fn(self.model)
+                    elif self.eval_dataset is not None:
+                        metrics = self._eval_loss()
+                    else:
+                        raise ValueError("nothing to evaluate: give the Trainer an eval_fn or "
+                                         "an eval_dataset")
+            finally:
+                self.model.train(was_training)
+            if not isinstance(metrics, Mapping):
+                raise ValueError(f"eval_fn must return a dict of metrics, got "
+                                 f"{type(metrics).__name__}")
+            metrics = _float_metrics(metrics)
+        if self.dist.active:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    def _eval_loss(self) -> dict[str, float]:
+        loader = DataLoader(self.eval_dataset, shuffle=False, collate_fn=self.collate_fn,
+                            batch_size=self.config.eval_batch_size or self.config.batch_size,
+                            num_workers=self.config.num_workers, generator=torch.Generator())
+        total, count = 0.0, 0
+        for batch in loader:
+            n = _batch_len(batch)
+            batch = _to_device(batch, self.device)
+            with torch.autocast(self.device.type, dtype=self._autocast_dtype,
+                                enabled=self.precision != "no"):
+                output = self.model(**batch)
+            total += float(_loss_of(output, batch)) * n
+            count += n
+        if count == 0:
+            raise ValueError("eval_dataset is empty")
+        return {"eval_loss": total / count}
+
+    def _evaluate_and_track(self) -> dict[str, Any]:
+        """Evaluate, log, and update best metric / best model / early-stopping counter."""
+        cfg, st = self.config, self.state
+        metrics = self.evaluate()
+        st.last_eval_step = st.step
+        self._log({"event": "eval", "step": st.step, "epoch": self._epoch_progress(), **metrics})
+        name = cfg.metric_for_best
+        if name not in metrics:
+            raise ValueError(f"TrainingConfig.metric_for_best={name!r} is not among the eval "
+                             f"metrics {sorted(metrics)}")
+        value = float(metrics[name])
+        greater = cfg.greater_is_better
+        if greater is None:
+            greater = "loss" not in name  # losses go down, scores go up
+        best = st.best_metric
+        improved = math.isfinite(value) and (
+            best is None or (value > best if greater else value < best))
+        if improved:
+            st.best_metric, st.best_step, st.evals_without_improvement = value, st.step, 0
+            if cfg.save_best:
+                self._save_best(metrics)
+        else:
+            st.evals_without_improvement += 1
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as one object (the content of trainer_state.pt).
+
+        Called on every rank: the RNG states of all ranks are gathered so each rank resumes
+        its own stream. The model is stored as its unwrapped state_dict (besides the model
+        folder written by save_fn, which is for people and other tools), so resuming never
+        depends on the model folder's format.
+        """
+        rng = _capture_rng()
+        if self.dist.active:
+            all_rng = [None] * self.dist.world_size
+            dist.all_gather_object(all_rng, rng)
+        else:
+            all_rng = [rng]
+        return {
+            "format": 1,
+            "state": dataclasses.asdict(self.state),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": all_rng,
+            "world_size": self.dist.world_size,
+            "config": self.config.to_dict(),
+        }
+
+    def _restore(self, payload: Mapping[str, Any]) -> None:
+        """Load a :meth:`_checkpoint_payload` into this Trainer (before the loop starts)."""
+        saved_cfg = payload.get("config", {})
+        changed = [k for k in _RESUME_SENSITIVE if k in saved_cfg
+                   and saved_cfg[k] != self.config.to_dict()[k]]
+        if changed:
+            warnings.warn(f"resuming with changed {changed}: the run will not continue exactly "
+                          "as it would have", stacklevel=3)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if self.scaler.is_enabled() and payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.state = TrainerState(**payload["state"])
+        rng = payload["rng"]
+        if len(rng) == self.dist.world_size:
+            _restore_rng(rng[self.dist.rank])
+        else:
+            warnings.warn(f"checkpoint was written by {len(rng)} process(es), resuming with "
+                          f"{self.dist.world_size}: random streams are reseeded and the data "
+                          "position (a batch index in each rank's share) is approximate", stacklevel=3)
+            set_seed(self.config.seed + self.dist.rank + 7919 * self.state.step)
+
+    def save_checkpoint(self) -> str | None:
+        """Write ``out_dir/checkpoints/step-N`` atomically, point ``latest`` at it, keep the
+        last ``keep_last``. Collective under DDP (call on every rank); returns the folder on
+        rank 0, None elsewhere.
+
+        Atomic: everything is written into ``checkpoints/.tmp-step-N`` which is renamed to
+        ``step-N`` only when complete, and ``latest`` is replaced (write + rename) after that.
+        A run killed at any moment leaves ``latest`` naming a complete checkpoint; leftover
+        ``.tmp-*`` folders are ignored by resume and deleted by the next save.
+        """
+        self.state.last_save_step = self.state.step
+        payload = self._checkpoint_payload()
+        if not self.dist.is_main:
+            return None
+        root = self.out_dir / CHECKPOINTS_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        name = f"step-{self.state.step}"
+        tmp, final = root / f".tmp-{name}", root / name
+        tmp.mkdir()
+        self.save_fn(self.model, str(tmp))
+        torch.save(payload, tmp / STATE_FILE)
+        if final.exists():  # the same step saved again (a resumed run): swap, then delete
+            old = root / f".tmp-old-{name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _write_atomic(root / LATEST_FILE, name + "\n")
+        if self.config.keep_last is not None:
+            for _, folder in _complete_checkpoints(root)[:-self.config.keep_last]:
+                if folder != final:
+                    shutil.rmtree(folder)
+        return str(final)
+
+    def _save_best(self, metrics: Mapping[str, Any]) -> None:
+        """Replace ``out_dir/best`` (model folder + model_state.pt + best.json) atomically."""
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp, final = self.out_dir / ".tmp-best", self.out_dir / BEST_DIR
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.save_fn(self.model, str(tmp))
+        torch.save(self.model.state_dict(), tmp / BEST_STATE_FILE)
+        info = {"step": self.state.step, "metric": self.config.metric_for_best,
+                "value": self.state.best_metric, "metrics": dict(metrics)}
+        (tmp / "best.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        old = self.out_dir / ".tmp-best-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load_best(self) -> None:
+        """Load the weights of ``out_dir/best`` into the model (every rank)."""
+        if self.dist.active:
+            dist.barrier()  # rank 0 may still be writing it
+        path = self.out_dir / BEST_DIR / BEST_STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no best model at {path}")
+        self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
