@@ -223,12 +223,13 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DistributedDataParallel and ``torch.compile`` wrappers (whose
-    ``module.`` / ``_orig_mod.`` prefixes must never reach a checkpoint)."""
+    """The module under DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)
+    wrappers: the one whose ``state_dict`` keys carry no ``module.`` / ``_orig_mod.`` prefix."""
+    from torch.nn.parallel import DistributedDataParallel
     while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+        if isinstance(model, (DistributedDataParallel, nn.DataParallel)):
             model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
             model = model._orig_mod
         else:
             return model

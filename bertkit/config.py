@@ -20,6 +20,9 @@ CONFIG_NAME = "config.json"
 # erf form used by the original BERT; the others are the names transformers accepts.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
+# The losses BertForSequenceClassification computes (the names transformers uses).
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
 # The BERT family sizes (Turc et al., "Well-Read Students Learn Better"), layers x hidden.
 MODEL_SIZES = {
     "tiny": dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2),
@@ -93,6 +96,9 @@ class BertConfig:
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"BertConfig.pad_token_id ({self.pad_token_id}) must be a token id "
                              f"below vocab_size ({self.vocab_size})")
+        if self.problem_type not in (None, *PROBLEM_TYPES):
+            raise ValueError(f"BertConfig.problem_type {self.problem_type!r} is not supported; "
+                             f"choose one of {', '.join(PROBLEM_TYPES)}")
         position_type = self.extra.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ValueError(f"BertConfig.position_embedding_type {position_type!r} is not "

@@ -70,8 +70,67 @@ def embed(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str], batch_si
     def pool(output, batch):
         return mean_pool(output.last_hidden_state, batch["attention_mask"])
 
+    if not texts:
+        return torch.empty(0, encoder.config.hidden_size)
     vectors = torch.stack(run_batched(encoder, tokenizer, texts, pool, batch_size=batch_size,
-                                      max_length=max_length)) if texts else torch.empty(0)
+                                      max_length=max_length))
     if normalize and len(texts):
         vectors = torch.nn.functional.normalize(vectors, dim=-1)
     return vectors
+
+
+def load_for_inference(folder: str, model_class: type | None = None, device: str | None = None):
+    """Load the model and tokenizer of an HF folder for inference, checking they fit together.
+
+    ``model_class`` defaults to the folder's ``architectures`` entry. Returns (model, tokenizer)
+    with the model in eval mode on ``device`` (default: CUDA when available).
+    """
+    from bertkit.config import BertConfig
+    from bertkit.modeling.bert import HEAD_CLASSES
+
+    config = BertConfig.from_pretrained(folder)
+    if model_class is None:
+        names = [a for a in (config.architectures or []) if a in HEAD_CLASSES]
+        model_class = HEAD_CLASSES[names[0]] if names else HEAD_CLASSES["BertModel"]
+    tokenizer = Tokenizer.from_pretrained(folder)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{folder}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
+                         f"vocab_size is {config.vocab_size}: the vocab does not belong to this model")
+    tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
+    model = model_class.from_pretrained(folder, verbose=False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+@torch.inference_mode()
+def fill_mask(model: nn.Module, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
+    """The ``top_k`` most likely tokens for each ``[MASK]`` in ``text``.
+
+    ``model`` must have an MLM head (BertForMaskedLM / BertForPreTraining). Returns, per mask in
+    order, a list of ``{"token", "score" (probability), "sequence" (the text with that token)}``.
+    """
+    if not hasattr(model, "mlm"):
+        raise ValueError(f"{type(model).__name__} has no masked-language-model head; fill-mask "
+                         "needs a BertForMaskedLM or BertForPreTraining model")
+    batch = tokenizer([text], truncation=True)
+    ids = batch["input_ids"][0]
+    positions = (ids == tokenizer.mask_token_id).nonzero().flatten().tolist()
+    if not positions:
+        raise ValueError(f"the text has no {tokenizer.mask_token} token: {text!r}")
+    device = next(model.parameters()).device
+    hidden = getattr(model, "bert")(**{k: v.to(device) for k, v in batch.items()}).last_hidden_state
+    probs = model.mlm(hidden[0, positions]).float().softmax(-1).cpu()        # (masks, V)
+    frame_ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    results = []
+    for row, position in enumerate(positions):
+        scores, token_ids = probs[row].topk(min(top_k, probs.size(-1)))
+        candidates = []
+        for score, token_id in zip(scores.tolist(), token_ids.tolist()):
+            filled = ids.clone()
+            filled[position] = token_id
+            # Drop [CLS]/[SEP]/[PAD] but keep the text's other [MASK]s visible.
+            kept = [i for i in filled.tolist() if i not in frame_ids]
+            candidates.append({"token": tokenizer.convert_ids_to_tokens(token_id), "score": score,
+                               "sequence": tokenizer.decode(kept, skip_special_tokens=False)})
+        results.append(candidates)
+    return results

@@ -29,6 +29,7 @@ from tokenizers.models import WordPiece
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_NAME = "special_tokens_map.json"
+TOKENIZER_JSON_NAME = "tokenizer.json"
 
 DEFAULT_SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
@@ -85,10 +86,12 @@ class Tokenizer:
                  model_max_length: int = 512, special_tokens: dict[str, str] | None = None):
         if isinstance(vocab, dict):
             self.vocab = dict(vocab)
+            self._ids_to_tokens = {i: t for t, i in self.vocab.items()}
         else:
-            self.vocab = {}
+            self.vocab, self._ids_to_tokens = {}, {}
             for index, token in enumerate(vocab):
                 self.vocab[token] = index  # a repeated line keeps its last id, as HF does
+                self._ids_to_tokens[index] = token  # ... but every line keeps its id
         self.do_lower_case = do_lower_case
         self.strip_accents = strip_accents
         self.tokenize_chinese_chars = tokenize_chinese_chars
@@ -99,10 +102,19 @@ class Tokenizer:
         if missing:
             raise ValueError(f"the vocabulary lacks the special token(s) {', '.join(missing)}; a "
                              f"BERT vocab needs {', '.join(self.special_tokens.values())}")
-        self._ids_to_tokens = {i: t for t, i in self.vocab.items()}
         self._engine = self._build_engine()
         # The engine's truncation/padding settings are per-object state that each call sets;
         # the lock keeps concurrent callers (a threaded server) from mixing settings.
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lock cannot be pickled (DataLoader workers started with "spawn", deepcopy).
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
@@ -136,15 +148,26 @@ class Tokenizer:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"tokenizer folder {folder} does not exist")
         vocab_path = os.path.join(folder, VOCAB_NAME)
-        if not os.path.isfile(vocab_path):
-            raise FileNotFoundError(f"{folder} has no {VOCAB_NAME}; a bertkit/BERT tokenizer "
-                                    f"folder holds one token per line in {VOCAB_NAME}")
-        with open(vocab_path, encoding="utf-8") as f:
-            tokens = [line.rstrip("\n").rstrip("\r") for line in f]
-        while tokens and tokens[-1] == "":
-            tokens.pop()  # a trailing newline is not a token
-        if not tokens:
-            raise ValueError(f"{vocab_path} is empty")
+        json_path = os.path.join(folder, TOKENIZER_JSON_NAME)
+        tokens: list[str] | dict[str, int]
+        if os.path.isfile(vocab_path):
+            with open(vocab_path, encoding="utf-8") as f:
+                tokens = [line.rstrip("\n").rstrip("\r") for line in f]
+            while tokens and tokens[-1] == "":
+                tokens.pop()  # a trailing newline is not a token
+            if not tokens:
+                raise ValueError(f"{vocab_path} is empty")
+        elif os.path.isfile(json_path):
+            # transformers 5 saves tokenizer.json without vocab.txt.
+            vocab_path = json_path
+            model = _read_json(json_path).get("model") or {}
+            if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+                raise ValueError(f"{json_path} does not hold a WordPiece model with a vocab")
+            tokens = model["vocab"]
+        else:
+            raise FileNotFoundError(f"{folder} has no {VOCAB_NAME} (nor {TOKENIZER_JSON_NAME}); a "
+                                    f"bertkit/BERT tokenizer folder holds one token per line in "
+                                    f"{VOCAB_NAME}")
 
         settings = _read_json(os.path.join(folder, TOKENIZER_CONFIG_NAME))
         special_tokens = {}

@@ -310,7 +310,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
             if problem == "regression":
                 loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
             elif problem == "single_label_classification":
-                loss = F.cross_entropy(logits, labels.view(-1))
+                loss = F.cross_entropy(logits, labels.view(-1).long())
             else:
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return ClassifierOutput(loss, logits, out.hidden_states, out.attentions)

@@ -63,7 +63,9 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         return context, None
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))       # (B, N, T, S)
     if bias is not None:
-        scores = scores + bias
+        # In fp16 a score below about -16 plus finfo.min rounds to -inf, and a fully-masked
+        # row of -inf has a NaN softmax; clamping restores the finite minimum (uniform row).
+        scores = (scores + bias).clamp(min=torch.finfo(scores.dtype).min)
     probs = scores.softmax(dim=-1)                                            # (B, N, T, S)
     context = F.dropout(probs, p=dropout_p) @ value if dropout_p > 0 else probs @ value
     return context, probs                                                     # (B, N, T, D)

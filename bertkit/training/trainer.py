@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from bertkit.checkpoint import unwrap_model
 from bertkit.training.logs import CURVES_FILE, RunLogger, plot_curves
 
 STATE_FILE = "trainer_state.pt"
@@ -446,18 +447,6 @@ def _isolated_rng(seed: int):
         _restore_rng(saved)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module under DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)
-    wrappers: the one whose ``state_dict`` keys carry no ``module.`` / ``_orig_mod.`` prefix."""
-    while True:
-        if isinstance(model, (DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def default_save_fn(model: nn.Module, folder: str) -> None:
     """``model.save_pretrained(folder)`` when the model has it, else its state_dict as
     ``folder/model.safetensors`` (tied tensors stored once)."""
@@ -624,7 +613,7 @@ class _Dist:
         return self.world_size > 1 and dist.is_initialized()
 
 
-def _setup_distributed(device: str | None) -> tuple[_Dist, torch.device]:
+def setup_distributed(device: str | None = None) -> tuple[_Dist, torch.device]:
     """Join the process group when launched by torchrun (env WORLD_SIZE > 1): gloo on CPU,
     nccl on CUDA, one GPU per local rank."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -691,7 +680,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.state = TrainerState()
 
-        self.dist, self.device = _setup_distributed(config.device)
+        self.dist, self.device = setup_distributed(config.device)
         self.precision = resolve_mixed_precision(config.mixed_precision, self.device)
         self.batches_per_epoch = ShardedBatchSampler.num_batches(
             num_examples, config.batch_size, self.dist.world_size, config.drop_last)
