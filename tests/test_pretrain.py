@@ -43,8 +43,8 @@ def test_pretraining_learns_beyond_the_unigram_baseline(tmp_path, corpus_and_voc
     corpus, vocab = corpus_and_vocab
     out = tmp_path / "run"
     rc = cli(["pretrain", "--corpus", corpus, "--tokenizer", vocab, "--out", str(out),
-              "--config", small_config(tmp_path, 2000), "--max-seq-length", "64",
-              "--batch-size", "16", "--lr", "2e-3", "--max-steps", "300", "--eval-every", "100",
+              "--config", small_config(tmp_path, 2000, hidden=128), "--max-seq-length", "64",
+              "--batch-size", "32", "--lr", "1e-3", "--max-steps", "300", "--eval-every", "100",
               "--save-every", "0", "--no-progress"])
     assert rc == 0
     evals = eval_events(out)
@@ -52,7 +52,8 @@ def test_pretraining_learns_beyond_the_unigram_baseline(tmp_path, corpus_and_voc
     last = evals[-1]
     # Always guessing the corpus's most frequent token scores the baseline; a model that learned
     # from context must beat it clearly.
-    assert last["mlm_accuracy"] > last["mlm_unigram_baseline"] + 0.05, last
+    baseline = last["mlm_unigram_baseline"]
+    assert last["mlm_accuracy"] > max(1.5 * baseline, baseline + 0.03), last
     assert evals[0]["mlm_loss"] > last["mlm_loss"]
     with open(out / "metrics.jsonl") as f:
         train_losses = [e["loss"] for e in map(json.loads, f) if e.get("event") == "train"]
@@ -84,7 +85,7 @@ def test_pretraining_learns_beyond_the_unigram_baseline(tmp_path, corpus_and_voc
 def run_pretrain(out, corpus, vocab, config, *extra):
     return cli(["pretrain", "--corpus", corpus, "--tokenizer", vocab, "--out", str(out),
                 "--config", config, "--max-seq-length", "32", "--batch-size", "8",
-                "--eval-every", "4", "--no-progress", *extra])
+                "--eval-every", "4", "--log-every", "1", "--no-progress", *extra])
 
 
 def test_resume_logs_the_same_losses_as_a_straight_run(tmp_path, corpus_and_vocab):
@@ -105,7 +106,9 @@ def test_resume_logs_the_same_losses_as_a_straight_run(tmp_path, corpus_and_voca
             return [(e["step"], e.get("loss", e.get("mlm_loss"))) for e in map(json.loads, f)
                     if e.get("event") in ("train", "eval")]
 
-    assert losses(straight) == pytest.approx(losses(resumed), abs=1e-6)
+    expected, got = losses(straight), losses(resumed)
+    assert [step for step, _ in got] == [step for step, _ in expected] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], abs=1e-6)
     a = BertForPreTraining.from_pretrained(straight, verbose=False).state_dict()
     b = BertForPreTraining.from_pretrained(resumed, verbose=False).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

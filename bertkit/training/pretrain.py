@@ -20,7 +20,8 @@ from bertkit.config import BertConfig
 from bertkit.data.pretraining import MlmCollator, ShardIndex, build_examples, prepare_corpus
 from bertkit.modeling.bert import IGNORE_INDEX, BertForPreTraining
 from bertkit.tokenizer import Tokenizer
-from bertkit.training.trainer import Trainer, TrainingConfig, TrainResult, setup_distributed
+from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, set_seed,
+                                      setup_distributed)
 
 
 @dataclass
@@ -172,6 +173,7 @@ def run_pretraining(cfg: PretrainConfig, training: TrainingConfig,
     eval_set = Subset(examples, range(len(examples) - heldout, len(examples)))
 
     config = build_model_config(cfg, tokenizer)
+    set_seed(training.seed)  # the same seed gives the same initial weights on every rank and run
     model = BertForPreTraining(config)
     collator = MlmCollator(tokenizer, mask_prob=cfg.mask_prob, whole_word_mask=cfg.whole_word_mask)
     baseline_token = most_frequent_token(shards, tokenizer.all_special_ids, tokenizer.vocab_size)

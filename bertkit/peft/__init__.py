@@ -1,0 +1,32 @@
+"""Parameter-efficient fine-tuning: LoRA, bottleneck adapters, prefix tuning, AdaLoRA, BitFit.
+
+One interface for every method::
+
+    peft = apply_peft(model, "lora", base_model_folder=base, r=8, alpha=16)   # freeze + add
+    print(peft.summary())                     # trainable vs total parameters
+    Trainer(peft, cfg, data, collate, on_step=on_step).train()   # on_step: AdaLoRA's budget
+    save_adapter(peft, out)                   # adapter_config.json + adapter_model.safetensors
+    peft = load_adapter(out)                  # base (named in the config) + adapter
+    merge_lora(out, merged_dir)               # a plain full model folder (LoRA, AdaLoRA)
+
+See :mod:`bertkit.peft.base` for the adapter folder format (the peft library's).
+"""
+
+from bertkit.peft.adalora import AdaLora, SVDLinear, budget_at, planned_steps
+from bertkit.peft.adapters import BottleneckAdapter, BottleneckAdapters
+from bertkit.peft.base import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PeftMethod, PeftModel,
+                               adapter_task_config, apply_peft, count_parameters,
+                               is_adapter_folder, load_adapter, match_targets, merge_lora,
+                               method_class, on_step, read_adapter_config, save_adapter)
+from bertkit.peft.bitfit import BitFit
+from bertkit.peft.lora import Lora, LoraLinear
+from bertkit.peft.prefix import PrefixEncoder, PrefixTuning, drop_reparametrization
+
+METHODS = ("lora", "adapter", "prefix", "adalora", "bitfit")
+
+__all__ = ["METHODS", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "PeftMethod", "PeftModel",
+           "apply_peft", "save_adapter", "load_adapter", "merge_lora", "on_step",
+           "count_parameters", "is_adapter_folder", "read_adapter_config", "adapter_task_config",
+           "match_targets", "method_class", "planned_steps", "budget_at", "drop_reparametrization",
+           "Lora", "LoraLinear", "AdaLora", "SVDLinear", "BottleneckAdapters", "BottleneckAdapter",
+           "PrefixTuning", "PrefixEncoder", "BitFit"]

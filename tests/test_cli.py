@@ -1,0 +1,85 @@
+"""The command line end to end: finetune -> evaluate -> predict, translate, and the messages a
+user sees for bad input. The library functions behind them are tested in their own files;
+this checks the wiring (options reach the functions, results reach the screen and the disk)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from bertkit.cli import main as cli
+from tests.test_finetune import classification_records, tiny_model_folder, write_jsonl
+from tests.test_translation import number_in_words
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models are overhead-bound; see test_finetune.py
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_command_has_help(capsys):
+    for command in ["embed", "fill-mask", "train-tokenizer", "prepare-corpus", "pretrain",
+                    "finetune", "evaluate", "predict", "translate", "demo"]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: bertkit " + command in capsys.readouterr().out
+
+
+def test_finetune_evaluate_predict(tmp_path, capsys):
+    files = {name: write_jsonl(tmp_path / f"{name}.jsonl", classification_records(n, seed))
+             for name, n, seed in (("train", 320, 0), ("dev", 60, 1), ("test", 60, 2))}
+    base = tiny_model_folder(tmp_path / "base")
+    out = tmp_path / "clf"
+    assert cli(["finetune", "--task", "classification", "--model", base, "--train", files["train"],
+                "--dev", files["dev"], "--test", files["test"], "--out", str(out), "--epochs", "20",
+                "--lr", "2e-3", "--batch-size", "16", "--save-every", "0", "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.8  # chance is 1/3
+    assert "model folder" in capsys.readouterr().out
+
+    assert cli(["evaluate", "--model", str(out), "--data", files["test"]]) == 0
+    written = json.loads((out / "eval_test.json").read_text())
+    assert written["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+    record = classification_records(1, seed=7)[0]
+    assert cli(["predict", "--model", str(out), record["text"]]) == 0
+    prediction = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert prediction["label"] in {"pos", "neg", "neutral"}
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_translate_command(tmp_path, capsys):
+    numbers = list(range(200))
+    random.Random(0).shuffle(numbers)
+    data = tmp_path / "train.tsv"
+    data.write_text("".join(f"{' '.join(str(n))}\t{number_in_words(n)}\n" for n in numbers))
+    out = tmp_path / "mt"
+    assert cli(["finetune", "--task", "translation", "--train", str(data), "--dev", str(data),
+                "--out", str(out), "--model-size", "tiny", "--vocab-size", "60", "--max-steps", "4",
+                "--batch-size", "16", "--num-beams", "1", "--save-every", "0", "--no-progress"]) == 0
+    assert set(json.loads((out / "metrics.json").read_text())["dev"]) >= {"bleu", "loss"}
+    capsys.readouterr()
+    assert cli(["translate", "--model", str(out), "--json", "--num-beams", "2", "--n-best", "2",
+                "3 4 7", "1 2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in lines] == ["3 4 7", "1 2"]
+    assert all(len(r["n_best"]) == 2 and r["n_best"][0]["score"] >= r["n_best"][1]["score"]
+               for r in lines)
+
+
+def test_bad_input_gets_one_clear_line(tmp_path, capsys):
+    assert cli(["predict", "--model", str(tmp_path / "nowhere"), "text"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bertkit predict: error:") and "nowhere" in err
+    assert cli(["finetune", "--task", "ner", "--train", str(tmp_path / "x.conll"),
+                "--out", str(tmp_path / "o")]) == 2
+    assert "--task ner needs --model" in capsys.readouterr().err
+    assert cli(["embed", "--model", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
