@@ -122,9 +122,30 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     cfg = FinetuneConfig(task=args.task, model=args.model, train=args.train, dev=args.dev,
                          test=args.test, max_length=args.max_length, doc_stride=args.doc_stride,
                          max_answer_length=args.max_answer_length, patience=args.patience,
-                         metric=args.metric)
+                         metric=args.metric, peft=args.peft, peft_options=_peft_options(args))
     result = run_finetuning(cfg, _training_config(args, epochs=3.0), resume_from=args.resume)
     print(f"model folder: {result.out_dir} (metrics.json, report.txt, curves.png)")
+
+
+def _peft_options(args: argparse.Namespace) -> dict:
+    """The --lora-*/--adapter-*/--prefix-*/--adalora-* options given, as bertkit.peft options."""
+    names = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+             "lora_targets": "targets", "adapter_size": "size", "adapter_variant": "variant",
+             "prefix_length": "length", "adalora_init_r": "init_r", "adalora_target_r": "target_r"}
+    options = {option: getattr(args, arg) for arg, option in names.items()
+               if getattr(args, arg, None) is not None}
+    if args.peft is None and options:
+        raise ValueError(f"--{next(iter(options))} options need --peft")
+    if args.peft == "adalora" and "r" in options:  # --lora-r sets AdaLoRA's starting rank
+        options.setdefault("init_r", options.pop("r"))
+    return options
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> None:
+    from bertkit.peft import merge_lora
+    result = merge_lora(args.adapter, args.out, base=args.base)
+    print(f"merged {args.adapter} into {result['out_dir']} (merged vs unmerged outputs differ by "
+          f"at most {result['max_abs_diff']:.1e} on a probe batch)")
 
 
 def cmd_finetune_translation(args: argparse.Namespace) -> None:
@@ -147,17 +168,18 @@ def cmd_finetune_translation(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import os
     from bertkit.training.finetune import evaluate_folder, folder_task, print_report
-    from bertkit.config import BertConfig
     name = os.path.splitext(os.path.basename(args.data))[0]
     output = os.path.join(args.model, f"eval_{name}.json")
-    with open(os.path.join(args.model, "config.json"), encoding="utf-8") as f:
-        is_seq2seq = json.load(f).get("model_type") == "bertkit-seq2seq"
+    config_path = os.path.join(args.model, "config.json")
+    is_seq2seq = False
+    if os.path.isfile(config_path):  # (a PEFT adapter folder has adapter_config.json instead)
+        with open(config_path, encoding="utf-8") as f:
+            is_seq2seq = json.load(f).get("model_type") == "bertkit-seq2seq"
     if is_seq2seq:
         from bertkit.training.translation import evaluate_translation
         metrics = evaluate_translation(args.model, args.data, output=output)
         print(json.dumps(metrics, indent=2))
     else:
-        BertConfig.from_pretrained(args.model)  # a clear error for a folder that is not a model
         metrics = evaluate_folder(args.model, args.data, output=output)
         print_report(folder_task(args.model), metrics, name)
     print(f"wrote {output}")
@@ -348,6 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "pearson, f1, f1, bleu)")
     add_training_args(p, lr=None, batch_size=32, warmup_ratio=0.1)
     p.set_defaults(schedule=None)
+    g = p.add_argument_group("parameter-efficient fine-tuning (the output folder holds only the "
+                             "method's weights and the task head)")
+    g.add_argument("--peft", choices=["lora", "adapter", "prefix", "adalora", "bitfit"])
+    g.add_argument("--lora-r", type=int, help="LoRA rank (default 8; AdaLoRA: starting rank 12)")
+    g.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default 16)")
+    g.add_argument("--lora-dropout", type=float, help="default 0.1")
+    g.add_argument("--lora-targets", help="comma-separated module name patterns "
+                   "(default query,value)")
+    g.add_argument("--adapter-size", type=int, help="adapter bottleneck (default 64)")
+    g.add_argument("--adapter-variant", choices=["houlsby", "pfeiffer"])
+    g.add_argument("--prefix-length", type=int, help="prefix tokens per layer (default 20)")
+    g.add_argument("--adalora-init-r", type=int, help="AdaLoRA starting rank (default 12)")
+    g.add_argument("--adalora-target-r", type=int, help="AdaLoRA average final rank (default 8)")
     add_translation_args(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -383,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="JSON lines with scores")
     p.set_defaults(func=cmd_translate)
+
+    p = commands.add_parser("merge-lora", help="fold a LoRA adapter into a full model folder",
+                            description="Write a plain HF model folder with the LoRA update merged "
+                                        "into the base weights, after checking on a probe batch "
+                                        "that merged and unmerged outputs agree (1e-5).")
+    p.add_argument("--adapter", required=True, help="a folder from `finetune --peft lora|adalora`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--base", help="the base model folder (default: the one the adapter names)")
+    p.set_defaults(func=cmd_merge_lora)
 
     p = commands.add_parser("demo", help="the whole pipeline on built-in data, no downloads",
                             description="Train a tokenizer and pretrain a tiny BERT on the Python "

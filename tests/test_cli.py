@@ -83,3 +83,35 @@ def test_bad_input_gets_one_clear_line(tmp_path, capsys):
     assert "--task ner needs --model" in capsys.readouterr().err
     assert cli(["embed", "--model", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_lora_finetune_predict_and_merge(tmp_path, capsys):
+    files = {name: write_jsonl(tmp_path / f"{name}.jsonl", classification_records(n, seed))
+             for name, n, seed in (("train", 160, 0), ("dev", 40, 1))}
+    base = tiny_model_folder(tmp_path / "base")
+    out = tmp_path / "lora"
+    assert cli(["finetune", "--task", "classification", "--model", base, "--train", files["train"],
+                "--dev", files["dev"], "--out", str(out), "--epochs", "2", "--lr", "5e-3",
+                "--batch-size", "16", "--save-every", "0", "--no-progress",
+                "--peft", "lora", "--lora-r", "4"]) == 0
+    assert "trainable" in capsys.readouterr().out.lower()
+    # The folder holds the adapter and the head, not a second copy of the base.
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists()
+    text = classification_records(1, seed=9)[0]["text"]
+    assert cli(["predict", "--model", str(out), text]) == 0
+    adapter_prediction = json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    merged = tmp_path / "merged"
+    assert cli(["merge-lora", "--adapter", str(out), "--out", str(merged)]) == 0
+    assert (merged / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert cli(["predict", "--model", str(merged), text]) == 0
+    merged_prediction = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert merged_prediction["label"] == adapter_prediction["label"]
+    for label, p in adapter_prediction["probabilities"].items():
+        assert merged_prediction["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+    assert cli(["finetune", "--task", "classification", "--model", base, "--train", files["train"],
+                "--out", str(tmp_path / "x"), "--lora-r", "4"]) == 2
+    assert "options need --peft" in capsys.readouterr().err

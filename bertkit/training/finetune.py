@@ -93,6 +93,8 @@ class FinetuneConfig:
     null_threshold: float = 0.0         # QA v2: no answer when null score > best + this
     patience: int | None = None
     metric: str | None = None
+    peft: str | None = None             # lora | adapter | prefix | adalora | bitfit (bertkit.peft)
+    peft_options: dict = dataclasses.field(default_factory=dict)  # e.g. {"r": 8, "alpha": 16}
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -355,6 +357,16 @@ def run_finetuning(cfg: FinetuneConfig, training: TrainingConfig,
         del model.config.extra[key]
     model.config.extra.update(settings)
     id2label = _id2label(model.config, task)
+    if cfg.peft:
+        # Freeze the base, add the method's weights; the task head stays trainable and is saved
+        # with the adapter. AdaLoRA plans its rank budget over the run's steps.
+        from bertkit.peft import apply_peft, planned_steps
+        options = dict(cfg.peft_options)
+        if cfg.peft == "adalora":
+            options.setdefault("total_steps", planned_steps(len(train_set), training))
+        model = apply_peft(model, cfg.peft, base_model_folder=cfg.model, **options)
+        if is_main:
+            print(model.summary())
 
     eval_batch_size = training.eval_batch_size or max(64, training.batch_size)
     eval_fn = None
@@ -378,8 +390,9 @@ def run_finetuning(cfg: FinetuneConfig, training: TrainingConfig,
               f"train {len(train_examples):,}" + (f", {sizes}" if sizes else "")
               + (f"; {len(labels)} labels: {', '.join(labels)}" if labels else "")
               + f"; max_length {max_length}; best by dev {cfg.metric}")
+    from bertkit.peft import on_step  # a no-op for plain models; drives AdaLoRA's allocation
     trainer = Trainer(model, training, train_set, PaddingCollator(tokenizer.pad_token_id),
-                      eval_fn=eval_fn, save_fn=save)
+                      eval_fn=eval_fn, save_fn=save, on_step=on_step)
     result = trainer.train(resume_from=resume_from)
     out_dir = training.out_dir
     if not is_main:
@@ -452,9 +465,16 @@ def _load_folder(folder: str, device: str | None):
     from bertkit.inference import load_for_inference
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist")
-    config = BertConfig.from_pretrained(folder)
-    task = folder_task(folder, config)
-    model, tokenizer = load_for_inference(folder, HEADS[task], device=device)
+    from bertkit.peft import is_adapter_folder, load_adapter
+    if is_adapter_folder(folder):  # a PEFT folder: base model + adapter + head
+        model = load_adapter(folder, device=device)
+        config = model.config
+        task = folder_task(folder, config)
+        tokenizer = Tokenizer.from_pretrained(folder)
+    else:
+        config = BertConfig.from_pretrained(folder)
+        task = folder_task(folder, config)
+        model, tokenizer = load_for_inference(folder, HEADS[task], device=device)
     defaults = {"bertkit_max_length": min(DEFAULT_MAX_LENGTH[task], config.max_position_embeddings),
                 "bertkit_doc_stride": 128, "bertkit_max_query_length": 64,
                 "bertkit_max_answer_length": 30, "bertkit_n_best": 20,
