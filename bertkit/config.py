@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from bertkit.jsonfile import read_json_object
+
 CONFIG_NAME = "config.json"
 
 # Activations the feed-forward block implements (see modeling/layers.py). "gelu" is the exact
@@ -163,15 +165,7 @@ class BertConfig:
         path = os.fspath(folder)
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} found at {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object")
+        data = read_json_object(path, missing=f"no {CONFIG_NAME} found at {path}")
         model_type = data.get("model_type", "bert")
         if model_type != "bert":
             raise ValueError(f"{path}: model_type {model_type!r} is not a BERT model")

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertkit.jsonfile import read_json_object
 from bertkit.modeling.layers import (ACTIVATIONS, FeedForward, SelfAttention, attention,
                                      causal_mask_bias, merge_heads, padding_mask_bias,
                                      split_heads)
@@ -222,15 +223,7 @@ class Seq2SeqConfig:
         path = os.fspath(folder)
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no {CONFIG_NAME} found at {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object")
+        data = read_json_object(path, missing=f"no {CONFIG_NAME} found at {path}")
         if data.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{path}: model_type {data.get('model_type')!r} is not a bertkit "
                              f"seq2seq model (expected {MODEL_TYPE!r})")

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bertkit.jsonfile import read_json_object
 from bertkit.checkpoint import from_hf_name, read_state_dict, to_hf_name, unwrap_model
 from bertkit.config import BertConfig
 
@@ -523,14 +524,8 @@ def is_adapter_folder(folder: str | os.PathLike) -> bool:
 def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The parsed adapter_config.json of ``folder`` (FileNotFoundError / ValueError naming it)."""
     path = os.path.join(os.fspath(folder), ADAPTER_CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: {folder} is not an adapter folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(data, dict) or "peft_type" not in data:
+    data = read_json_object(path, missing=f"{path} does not exist: {folder} is not an adapter folder")
+    if "peft_type" not in data:
         raise ValueError(f"{path}: no 'peft_type' field: not an adapter config")
     return data
 

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from bertkit.jsonfile import read_json_object
 from bertkit.data.parallel import (IGNORE_INDEX, ParallelDataset, ParallelExample,
                                    Seq2SeqCollator, encode_parallel, load_parallel,
                                    load_tokenizers, save_tokenizers, special_token_ids,
@@ -197,14 +198,8 @@ def _folder_kind(folder: str) -> str:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist")
     path = os.path.join(folder, CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: not a model folder")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    model_type = data.get("model_type", "bert") if isinstance(data, dict) else None
+    data = read_json_object(path, missing=f"{folder} has no {CONFIG_NAME}: not a model folder")
+    model_type = data.get("model_type", "bert")
     if model_type == MODEL_TYPE:
         return "seq2seq"
     if model_type == "bert":
@@ -274,15 +269,7 @@ def _check_tokenizers(where: str, config: Seq2SeqConfig, source: Tokenizer,
 def _new_config(cfg: TranslationConfig, source: Tokenizer, target: Tokenizer) -> Seq2SeqConfig:
     if cfg.model_config is not None:
         path = cfg.model_config
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model config {path} does not exist")
-        try:
-            with open(path, encoding="utf-8") as f:
-                base = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(base, dict):
-            raise ValueError(f"{path} must hold a JSON object")
+        base = read_json_object(path, missing=f"model config {path} does not exist")
         base.setdefault("model_type", MODEL_TYPE)
     else:
         base = dict(SEQ2SEQ_SIZES[cfg.model_size])
