@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit.config import BertConfig
-from bertkit.modeling.layers import ACTIVATIONS, BertEmbeddings, EncoderLayer, padding_mask_bias
+from bertkit.modeling.layers import (ACTIVATIONS, BertEmbeddings, EncoderLayer,
+                                     init_transformer_weights, padding_mask_bias)
 
 IGNORE_INDEX = -100
 
@@ -79,19 +80,7 @@ class BertPreTrainedModel(nn.Module):
         """BERT's initialisation: N(0, initializer_range) for matrices, zero biases, unit
         LayerNorm, a zero row for the padding embedding."""
         std = self.config.initializer_range
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-                if module.padding_idx is not None:
-                    with torch.no_grad():
-                        module.weight[module.padding_idx].zero_()
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_transformer_weights(self, lambda w: nn.init.normal_(w, std=std), std)
         for module in self.modules():
             if isinstance(module, MaskedLMHead):
                 nn.init.zeros_(module.bias)

@@ -25,6 +25,24 @@ from torch import nn
 from bertkit.config import BertConfig
 
 
+def init_transformer_weights(model: nn.Module, linear_init, embedding_std: float) -> None:
+    """Initialise every Linear weight with ``linear_init`` (zero biases), every Embedding from
+    N(0, embedding_std) with a zero padding row, every LayerNorm to the identity."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            linear_init(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=embedding_std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 def padding_mask_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, S) 1/0 mask of real/padding keys -> (B, 1, 1, S) additive bias in ``dtype``."""
     keep = attention_mask[:, None, None, :].to(torch.bool)                   # (B, 1, 1, S)

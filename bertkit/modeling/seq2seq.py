@@ -42,8 +42,8 @@ from torch import nn
 
 from bertkit.jsonfile import read_json_object
 from bertkit.modeling.layers import (ACTIVATIONS, FeedForward, SelfAttention, attention,
-                                     causal_mask_bias, merge_heads, padding_mask_bias,
-                                     split_heads)
+                                     causal_mask_bias, init_transformer_weights, merge_heads,
+                                     padding_mask_bias, split_heads)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -537,20 +537,7 @@ class TransformerSeq2Seq(nn.Module):
         """Xavier-uniform matrices and zero biases (as fairseq / the annotated Transformer);
         embeddings N(0, d_model^-0.5) so that scaled by sqrt(d_model) they have unit variance,
         with a zero padding row; unit LayerNorms."""
-        std = self.config.d_model ** -0.5
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-                if module.padding_idx is not None:
-                    with torch.no_grad():
-                        module.weight[module.padding_idx].zero_()
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_transformer_weights(self, nn.init.xavier_uniform_, self.config.d_model ** -0.5)
 
     @property
     def device(self) -> torch.device:

@@ -35,7 +35,7 @@ from torch import nn
 
 from bertkit.peft.base import (PeftMethod, PeftModel, from_adapter_key, hf_module_name,
                                match_targets, peft_target_modules, to_adapter_key)
-from bertkit.peft.lora import _check_dropout, _check_positive_int, replace_linear
+from bertkit.peft.lora import MergeableLinear, _check_dropout, _check_positive_int, replace_linear
 
 
 def budget_at(step: int, init_budget: int, target_budget: int, t_init: int, t_final: int,
@@ -72,7 +72,7 @@ def planned_steps(num_examples: int, config: Any, world_size: int = 1) -> int:
     return min(limits)
 
 
-class SVDLinear(nn.Linear):
+class SVDLinear(MergeableLinear):
     """An ``nn.Linear`` (shared weight and bias) with an AdaLoRA update of rank ``r``.
 
     ``rank_mask`` (r,) marks the surviving triplets; ``ipt_*``/``unc_*`` are the smoothed
@@ -139,28 +139,6 @@ class SVDLinear(nn.Linear):
         eye = torch.eye(self.r, device=self.lora_A.device, dtype=self.lora_A.dtype)
         return (((self.lora_A @ self.lora_A.T - eye) ** 2).sum()
                 + ((self.lora_B.T @ self.lora_B - eye) ** 2).sum()) / 2
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        self._original_weight = self.weight.detach().clone()
-        self.weight.add_(self.delta_weight().to(self.weight.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        self.weight.copy_(self._original_weight)
-        self._original_weight, self.merged = None, False
-
-    def unload(self) -> nn.Linear:
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device="meta")
-        plain.weight = self.weight
-        plain.register_parameter("bias", self.bias)
-        return plain
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "

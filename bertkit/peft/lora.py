@@ -26,7 +26,41 @@ from bertkit.peft.base import (PeftMethod, PeftModel, from_adapter_key, hf_modul
                                match_targets, peft_target_modules, to_adapter_key)
 
 
-class LoraLinear(nn.Linear):
+class MergeableLinear(nn.Linear):
+    """A frozen ``nn.Linear`` plus a low-rank update ``delta_weight()`` (LoRA, AdaLoRA) that can
+    be folded into the weight for inference and taken out again exactly."""
+
+    merged: bool
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        # Keep the original: subtracting the update again would not give W back bit for bit.
+        self._original_weight = self.weight.detach().clone()
+        self.weight.add_(self.delta_weight().to(self.weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.weight.copy_(self._original_weight)
+        self._original_weight, self.merged = None, False
+
+    def unload(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding this layer's (merged) weight and bias."""
+        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device="meta")
+        plain.weight = self.weight
+        plain.register_parameter("bias", self.bias)
+        return plain
+
+
+class LoraLinear(MergeableLinear):
     """An ``nn.Linear`` with a LoRA update; it shares (does not copy) the base's weight and bias,
     so parameter names stay ``<module>.weight`` / ``<module>.bias``.
 
@@ -63,30 +97,6 @@ class LoraLinear(nn.Linear):
         if self.merged:
             return out
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged:
-            return
-        # Keep the original: subtracting the update again would not give W back bit for bit.
-        self._original_weight = self.weight.detach().clone()
-        self.weight.add_(self.delta_weight().to(self.weight.dtype))
-        self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        self.weight.copy_(self._original_weight)
-        self._original_weight, self.merged = None, False
-
-    def unload(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding this layer's (merged) weight and bias."""
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device="meta")
-        plain.weight = self.weight
-        plain.register_parameter("bias", self.bias)
-        return plain
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "
