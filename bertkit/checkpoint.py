@@ -86,6 +86,54 @@ _IGNORED_HF_KEYS = re.compile(r"(^|\.)embeddings\.position_ids$|^cls\.prediction
 _OTHER_HEAD_KEYS = re.compile(r"^(cls\.|classifier\.|qa_outputs\.|bert\.pooler\.|pooler\.)")
 
 
+# ---------------------------------------------------------------------------- pruned heads
+# A head-pruned folder (config ``pruned_heads``) keeps full-size tensors with the pruned heads'
+# query/key/value rows and attention-output input columns zeroed: transformers 5 dropped head
+# pruning, and a zero value projection makes a head contribute exactly nothing, so it computes
+# the same logits. bertkit's layers are built without those heads (they cost nothing), so the
+# tensors are sliced on load and zero-padded back on save.
+_HEAD_TENSOR = re.compile(r"^(bert\.)?encoder\.layer\.(?P<i>\d+)\.attention\."
+                          r"(?P<kind>self\.(query|key|value)\.(weight|bias)|output\.dense\.weight)$")
+
+
+def _head_tensors(hf_state: dict[str, torch.Tensor], config: Any):
+    """(key, tensor, head axis, row index of the kept heads, full size) of every tensor of a
+    layer with pruned heads."""
+    pruned = getattr(config, "pruned_heads", None)
+    if not pruned:
+        return
+    from bertkit.modeling.layers import head_rows
+    full = config.num_attention_heads * config.head_dim
+    for key, tensor in hf_state.items():
+        match = _HEAD_TENSOR.match(key)
+        if match and int(match["i"]) in pruned:
+            rows = head_rows(config.kept_heads(int(match["i"])), config.head_dim)
+            axis = 0 if match["kind"].startswith("self.") else 1  # rows of Q/K/V, columns of output
+            yield key, tensor, axis, rows, full
+
+
+def shrink_pruned_heads(hf_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """HF tensors -> the kept heads' slices, for the layers ``config.pruned_heads`` names.
+    A tensor already of the kept size (a folder written by transformers 4) is left as is."""
+    out = dict(hf_state)
+    for key, tensor, axis, rows, full in _head_tensors(hf_state, config):
+        if tensor.shape[axis] == full:
+            out[key] = tensor.index_select(axis, rows)
+    return out
+
+
+def expand_pruned_heads(hf_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`shrink_pruned_heads`: kept slices -> full-size tensors with
+    zeros where the pruned heads were."""
+    out = dict(hf_state)
+    for key, tensor, axis, rows, full in _head_tensors(hf_state, config):
+        if tensor.shape[axis] == len(rows) < full:
+            shape = list(tensor.shape)
+            shape[axis] = full
+            out[key] = tensor.new_zeros(shape).index_copy_(axis, rows.to(tensor.device), tensor)
+    return out
+
+
 # ---------------------------------------------------------------------------- reading
 def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of an HF folder: ``model.safetensors`` (or its sharded index), else
@@ -148,6 +196,7 @@ def load_state_dict_into(model: nn.Module, hf_state: dict[str, torch.Tensor],
     """
     own = model.state_dict()
     has_prefix = any(k.startswith("bert.") for k in own)
+    hf_state = shrink_pruned_heads(hf_state, getattr(model, "config", None))
     report = LoadReport()
     loaded: set[str] = set()
     with torch.no_grad():
@@ -201,7 +250,11 @@ def load_model(cls: type, folder: str | os.PathLike, strict: bool = True, verbos
         config.label2id = {v: k for k, v in config.id2label.items()}
     config.__post_init__()
     model = cls(config)
-    report = load_state_dict_into(model, read_state_dict(folder), strict=strict)
+    state = read_state_dict(folder)
+    if "quantization_config" in config.extra:  # int8 folder: load int8 modules, never fp32 ones
+        from bertkit.compress.quantize import prepare_int8_model
+        prepare_int8_model(model, config.extra["quantization_config"], state, where=folder)
+    report = load_state_dict_into(model, state, strict=strict)
     # Keys a base checkpoint lacks in a head class are the head, which is expected to be new.
     if verbose and report.initialized:
         print(f"[bertkit] {cls.__name__}: initialised {len(report.initialized)} new tensor(s) not "
@@ -219,7 +272,7 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for key, tensor in model.state_dict().items():
         out[to_hf_name(key)] = tensor.detach().contiguous()
-    return out
+    return expand_pruned_heads(out, getattr(model, "config", None))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -175,12 +175,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if os.path.isfile(config_path):  # (a PEFT adapter folder has adapter_config.json instead)
         with open(config_path, encoding="utf-8") as f:
             is_seq2seq = json.load(f).get("model_type") == "bertkit-seq2seq"
+    if is_seq2seq and args.runtime != "torch":
+        raise ValueError("--runtime onnx serves encoder models; translation runs on torch")
     if is_seq2seq:
         from bertkit.training.translation import evaluate_translation
         metrics = evaluate_translation(args.model, args.data, output=output)
         print(json.dumps(metrics, indent=2))
     else:
-        metrics = evaluate_folder(args.model, args.data, output=output)
+        metrics = evaluate_folder(args.model, args.data, output=output, runtime=args.runtime)
         print_report(folder_task(args.model), metrics, name)
     print(f"wrote {output}")
 
@@ -191,10 +193,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if len(args.question) != len(args.context):
             raise ValueError(f"give one --context per --question, got {len(args.question)} "
                              f"question(s) and {len(args.context)} context(s)")
-        results = predict_folder(args.model, questions=args.question, contexts=args.context)
+        results = predict_folder(args.model, questions=args.question, contexts=args.context,
+                                 runtime=args.runtime)
     else:
         results = predict_folder(args.model, texts=_read_texts(args),
-                                 text_pairs=args.pair or None)
+                                 text_pairs=args.pair or None, runtime=args.runtime)
     for result in results:
         print(json.dumps(result, ensure_ascii=False))
 
@@ -213,6 +216,74 @@ def cmd_translate(args: argparse.Namespace) -> None:
                 print(f"  {h['score']:.4f}  {h['translation']}")
         else:
             print(r["translation"])
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from bertkit.serve import ServeConfig, run_server
+    run_server(ServeConfig(
+        model=args.model, host=args.host, port=args.port, workers=args.workers,
+        runtime=args.runtime, device=args.device, api_keys_file=args.api_keys_file,
+        insecure=args.insecure, batching=not args.no_batching, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_padding=args.max_padding,
+        max_texts=args.max_texts, max_chars=args.max_chars,
+        max_body_bytes=args.max_body_bytes, graceful_timeout=args.graceful_timeout))
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from bertkit.compress.prune import run_pruning
+    run_pruning(args.model, args.out, heads=args.heads, sparsity=args.sparsity, data=args.data,
+                scope=args.scope, batch_size=args.batch_size)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from bertkit.compress.distill import DistillConfig, run_distillation
+    cfg = DistillConfig(teacher=args.teacher, train=args.train, dev=args.dev, test=args.test,
+                        student_layers=args.student_layers, student_size=args.student_size,
+                        temperature=args.temperature, alpha=args.alpha,
+                        hidden_weight=args.hidden_weight)
+    run_distillation(cfg, _training_config(args, epochs=3.0))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import os
+    from bertkit.compress.onnx import export_folder
+    print(f"exporting {args.model} to ONNX (opset {args.opset}) and checking it in onnxruntime ...",
+          flush=True)
+    r = export_folder(args.model, args.out, opset=args.opset, atol=args.atol)
+    print(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB): {r.architecture}, inputs input_ids, "
+          f"attention_mask, token_type_ids (batch, sequence) -> {', '.join(r.outputs)}")
+    print(f"onnxruntime agrees with PyTorch on probe batches of other shapes, with padding: "
+          f"max abs diff {r.max_abs_diff:.1e} (atol {r.atol:g})")
+    in_folder = os.path.abspath(r.path) == os.path.abspath(os.path.join(args.model, "model.onnx"))
+    if in_folder and r.architecture.startswith(("BertForSeq", "BertForToken", "BertForQuestion")):
+        print(f"use it: bertkit predict --model {args.model} --runtime onnx ...")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from bertkit.compress.quantize import quantize_folder
+    probe = f"examples of {args.data}" if args.data else "built-in texts"
+    print(f"quantizing {args.model}: each layer measured alone on {args.probe_size} {probe} ...",
+          flush=True)
+    r = quantize_folder(args.model, args.out, data=args.data, max_drop=args.max_drop,
+                        batch_size=args.batch_size, max_layer_error=args.max_layer_error,
+                        keep_fp32=args.keep_fp32, probe_size=args.probe_size)
+    total = len(r.fp32_modules) + len(r.quantized_modules)
+    print(f"int8: {len(r.quantized_modules)} of {total} layers; kept fp32 (output error > "
+          f"{r.max_layer_error:g} alone, or asked): "
+          + (", ".join(f"{n} ({r.layer_errors[n]:.3f})" if n in r.layer_errors else n
+                       for n in r.fp32_modules) or "none"))
+    worst = sorted(r.layer_errors.items(), key=lambda kv: -kv[1])[:3]
+    if worst:
+        print("largest errors of one layer alone: "
+              + ", ".join(f"{name} ({error:.3f})" for name, error in worst))
+    print(f"relative output error of the int8 model on the probe: {r.output_error:.4f}")
+    s = r.scores
+    if "metric" in s:
+        print(f"{s['metric']} on {s['data']}: fp32 {s['fp32']:.2f}, int8 {s['int8']:.2f}, "
+              f"delta {s['int8'] - s['fp32']:+.2f} points")
+    print(f"wrote {args.out} (model.safetensors {s['int8_bytes'] / 1e6:.1f} MB vs "
+          f"{s['fp32_bytes'] / 1e6:.1f} MB fp32, {s['fp32_bytes'] / s['int8_bytes']:.1f}x smaller; "
+          f"quantize.json); it loads as int8 in bertkit only (CPU)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -390,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Print and write (MODEL/eval_NAME.json) the task's metrics.")
     p.add_argument("--model", required=True, help="a folder written by `bertkit finetune`")
     p.add_argument("--data", required=True, help="a labelled file in the training format")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run MODEL/model.onnx (from `bertkit export`) in onnxruntime")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("predict", help="predict with a fine-tuned folder (JSON lines)",
@@ -402,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(once per TEXT)")
     p.add_argument("--question", action="append", default=[], help="QA: a question")
     p.add_argument("--context", action="append", default=[], help="QA: its context")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run MODEL/model.onnx (from `bertkit export`) in onnxruntime")
     p.set_defaults(func=cmd_predict)
 
     p = commands.add_parser("translate", help="translate texts with a seq2seq model folder",
@@ -427,6 +502,123 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--base", help="the base model folder (default: the one the adapter names)")
     p.set_defaults(func=cmd_merge_lora)
+
+    p = commands.add_parser("serve", help="serve a model folder over HTTP (FastAPI + uvicorn)",
+                            description="Serve a model folder: POST /v1/predict (task folders), "
+                                        "/v1/embed, /v1/fill-mask (MLM folders); GET /healthz, "
+                                        "/readyz, /metrics (Prometheus), /docs (OpenAPI) and a "
+                                        "try-it page at /. With API keys every /v1 route needs "
+                                        "'Authorization: Bearer <key>'.")
+    p.add_argument("--model", required=True, help="a fine-tuned, adapter, pretraining or "
+                   "encoder folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "127.0.0.1; another address needs API keys or --insecure)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy "
+                   "of the model and its own metrics (default 1)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="engine for /v1/predict (onnx: an exported folder)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--api-keys-file", help="file of API keys, one a line (also: "
+                   "$BERTKIT_API_KEYS, comma-separated)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without API keys")
+    g = p.add_argument_group("micro-batching (concurrent requests share a forward pass)")
+    g.add_argument("--max-batch", type=int, default=32,
+                   help="most texts in one forward pass (default 32)")
+    g.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request waits for others to join its batch "
+                        "(default 5)")
+    g.add_argument("--max-padding", type=float, default=0.25,
+                   help="a forward pass groups texts of similar length, padding at most this "
+                        "fraction of its tokens (default 0.25; 1: any lengths together)")
+    g.add_argument("--no-batching", action="store_true", help="one forward pass per request")
+    g = p.add_argument_group("request limits (bad requests get a 4xx JSON error)")
+    g.add_argument("--max-texts", type=int, default=64, help="inputs per request (default 64)")
+    g.add_argument("--max-chars", type=int, default=10_000,
+                   help="characters per text (default 10000)")
+    g.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                   help="bytes per request body (default 1000000)")
+    g.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on shutdown "
+                        "(default 30)")
+    p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("prune", help="prune attention heads or weights of a model folder",
+                            description="Remove the least important attention heads (importance "
+                            "on labelled --data, Michel et al. 2019; recorded as pruned_heads in "
+                            "config.json) or zero the smallest encoder weights; with --data, "
+                            "report the task metrics before and after.")
+    p.add_argument("--model", required=True, help="HF BERT folder (fine-tuned, for --data)")
+    p.add_argument("--out", required=True, help="folder for the pruned model and prune.json")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--heads", type=float, metavar="FRACTION",
+                      help="fraction of attention heads to remove, in (0, 1); needs --data")
+    mode.add_argument("--sparsity", type=float, metavar="FRACTION",
+                      help="fraction of encoder Linear weights to zero, in (0, 1)")
+    p.add_argument("--data", help="a labelled file of the folder's task: ranks heads and is "
+                   "evaluated before and after")
+    p.add_argument("--scope", choices=["global", "layer"], default="global",
+                   help="--sparsity over all encoder weights at once, or per layer")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size for head importance")
+    p.set_defaults(func=cmd_prune)
+
+    p = commands.add_parser("distill", help="distil a fine-tuned classifier into a smaller one",
+                            description="Train a student on a teacher's soft targets (temperature) "
+                            "and the hard labels; prints teacher vs student accuracy, size and "
+                            "speed. The student folder is an ordinary fine-tuned folder.")
+    p.add_argument("--teacher", required=True, help="a folder from `finetune --task classification`")
+    p.add_argument("--train", required=True, help="training file (.csv/.tsv/.jsonl)")
+    p.add_argument("--dev", required=True, help="evaluated every epoch; picks the best student")
+    p.add_argument("--test", help="evaluated once at the end, for teacher and student")
+    student = p.add_mutually_exclusive_group()
+    student.add_argument("--student-layers", type=int, metavar="N",
+                         help="keep N evenly spaced teacher layers (default: half)")
+    student.add_argument("--student-size", choices=["tiny", "mini", "small"],
+                         help="a fresh model of this size instead (not initialised from the teacher)")
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="weight of the soft-target loss (1 - alpha: the hard labels)")
+    p.add_argument("--hidden-weight", type=float, default=0.0,
+                   help="weight of an MSE loss between mapped hidden states (0: off)")
+    add_training_args(p, lr=1e-4, batch_size=32, warmup_ratio=0.1)
+    p.set_defaults(func=cmd_distill)
+
+    p = commands.add_parser("export", help="export a model folder to ONNX, checked in onnxruntime",
+                            description="Write an ONNX graph (inputs input_ids, attention_mask, "
+                            "token_type_ids; dynamic batch and sequence axes), run it in "
+                            "onnxruntime on probe batches and refuse to keep it if it differs "
+                            "from PyTorch by more than --atol.")
+    p.add_argument("--model", required=True, help="HF model folder (encoder, MLM or fine-tuned)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="only onnx for now")
+    p.add_argument("--out", help="the .onnx file (default MODEL/model.onnx, where "
+                   "--runtime onnx looks)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 17-23 (default 18, "
+                   "the exporter's own)")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="largest max abs difference from PyTorch accepted (default 1e-4)")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("quantize", help="dynamic int8 quantization of a model folder (CPU)",
+                            description="Store Linear weights (and embedding tables) as int8 per "
+                            "channel and run the Linears as int8 GEMMs on the CPU. Each layer is "
+                            "quantized alone on a probe batch; those that move the output by "
+                            "more than --max-layer-error stay fp32. With --data the fp32 and "
+                            "int8 models are scored on that file; --max-drop refuses to write "
+                            "a model that loses more. The folder loads (as int8) in bertkit, "
+                            "not in transformers.")
+    p.add_argument("--model", required=True, help="an fp32 model folder (fine-tuned or not)")
+    p.add_argument("--out", required=True, help="where the int8 folder is written")
+    p.add_argument("--data", help="a labelled file of the folder's task: probe batch and scores")
+    p.add_argument("--max-drop", type=float, help="refuse if int8 scores more than this many "
+                   "points (accuracy / F1 / pearson x 100) below fp32 on --data")
+    p.add_argument("--max-layer-error", type=float, default=0.05, help="relative output error "
+                   "above which a layer stays fp32 (default 0.05)")
+    p.add_argument("--keep-fp32", action="append", default=[], metavar="NAME",
+                   help="an HF module name to keep fp32 regardless (repeatable)")
+    p.add_argument("--probe-size", type=int, default=16, help="examples in the probe batch")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    p.set_defaults(func=cmd_quantize)
 
     p = commands.add_parser("demo", help="the whole pipeline on built-in data, no downloads",
                             description="Train a tokenizer and pretrain a tiny BERT on the Python "

@@ -57,6 +57,10 @@ class BertConfig:
     id2label: dict[int, str] | None = None
     label2id: dict[str, int] | None = None
     architectures: list[str] | None = None
+    # Attention heads removed by head pruning, {layer: [head, ...]} in the layer's original
+    # numbering (transformers' key). The folder keeps full-size tensors with those heads zeroed;
+    # bertkit's loader builds the layers without them (see bertkit.checkpoint).
+    pruned_heads: dict[int, list[int]] | None = None
     model_type: str = "bert"
     # Every config.json key that is not a field above, kept verbatim and written back.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +73,10 @@ class BertConfig:
                 self.label2id = {v: k for k, v in self.id2label.items()}
         if self.label2id is not None:
             self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+        if self.pruned_heads is not None:
+            # JSON keys are strings ({"0": [1, 3]}); empty lists carry nothing and are dropped.
+            self.pruned_heads = {int(k): sorted({int(h) for h in v})
+                                 for k, v in self.pruned_heads.items() if v}
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -101,6 +109,16 @@ class BertConfig:
         if self.problem_type not in (None, *PROBLEM_TYPES):
             raise ValueError(f"BertConfig.problem_type {self.problem_type!r} is not supported; "
                              f"choose one of {', '.join(PROBLEM_TYPES)}")
+        for layer, heads in (self.pruned_heads or {}).items():
+            if not 0 <= layer < self.num_hidden_layers:
+                raise ValueError(f"BertConfig.pruned_heads names layer {layer}, but the model has "
+                                 f"{self.num_hidden_layers} layers")
+            if not all(0 <= h < self.num_attention_heads for h in heads):
+                raise ValueError(f"BertConfig.pruned_heads[{layer}] = {heads}: heads must be in "
+                                 f"[0, {self.num_attention_heads})")
+            if len(heads) == self.num_attention_heads:
+                raise ValueError(f"BertConfig.pruned_heads[{layer}] removes every head of layer "
+                                 f"{layer}; bertkit needs at least one head per layer")
         position_type = self.extra.get("position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ValueError(f"BertConfig.position_embedding_type {position_type!r} is not "
@@ -110,6 +128,11 @@ class BertConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def kept_heads(self, layer: int) -> list[int]:
+        """The original indices of the heads layer ``layer`` still has (all unless pruned)."""
+        pruned = set((self.pruned_heads or {}).get(layer, ()))
+        return [h for h in range(self.num_attention_heads) if h not in pruned]
 
     @property
     def num_labels(self) -> int:
@@ -152,9 +175,10 @@ class BertConfig:
                 continue
             value = getattr(self, f.name)
             if value is None and f.name in ("id2label", "label2id", "architectures",
-                                            "classifier_dropout", "problem_type"):
+                                            "classifier_dropout", "problem_type",
+                                            "pruned_heads"):
                 continue
-            if f.name == "id2label":
+            if f.name in ("id2label", "pruned_heads"):
                 value = {str(k): v for k, v in value.items()}
             out[f.name] = value
         return dict(sorted(out.items()))

@@ -92,14 +92,22 @@ def load_for_inference(folder: str, model_class: type | None = None, device: str
     if model_class is None:
         names = [a for a in (config.architectures or []) if a in HEAD_CLASSES]
         model_class = HEAD_CLASSES[names[0]] if names else HEAD_CLASSES["BertModel"]
+    tokenizer = load_tokenizer_for(folder, config)
+    model = model_class.from_pretrained(folder, verbose=False)
+    quantized = "quantization_config" in config.extra  # int8 kernels are CPU-only
+    device = device or ("cuda" if torch.cuda.is_available() and not quantized else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def load_tokenizer_for(folder: str, config) -> Tokenizer:
+    """The folder's tokenizer, checked against the model's ``config``: a vocab larger than the
+    embedding table is a ValueError, and texts are cut to the positions the model has."""
     tokenizer = Tokenizer.from_pretrained(folder)
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{folder}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
                          f"vocab_size is {config.vocab_size}: the vocab does not belong to this model")
     tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
-    model = model_class.from_pretrained(folder, verbose=False)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    return tokenizer
 
 
 @torch.inference_mode()

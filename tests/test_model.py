@@ -87,14 +87,20 @@ def test_minilm_pairs_attentions_and_hidden_states_match_transformers(minilm):
         assert max_diff(out.last_hidden_state, ref.last_hidden_state) <= ATOL
         assert max_diff(out.pooler_output, ref.pooler_output) <= ATOL
     assert len(mine.hidden_states) == len(ref.hidden_states) == 7  # embeddings + 6 layers
+    real = batch["attention_mask"].bool()                                      # (B, T)
     for layer, (a, b) in enumerate(zip(mine.hidden_states, ref.hidden_states)):
-        assert max_diff(a, b) <= ATOL, f"hidden state {layer}"
+        assert max_diff(a[real], b[real]) <= ATOL, f"hidden state {layer}"
+        # The pads' vectors carry no information and drift more in the middle layers (1.7e-4
+        # measured against transformers 5.24); they must still agree closely.
+        assert max_diff(a, b) <= 5 * ATOL, f"hidden state {layer} (padding included)"
     assert torch.equal(mine.hidden_states[-1], mine.last_hidden_state)
     assert len(mine.attentions) == len(ref.attentions) == 6
     pad_keys = batch["attention_mask"][:, None, None, :] == 0                 # (B, 1, 1, T)
     for layer, (a, b) in enumerate(zip(mine.attentions, ref.attentions)):
         assert a.shape == b.shape == (17, 12, MAX_LENGTH, MAX_LENGTH)
-        assert max_diff(a, b) <= 1e-5, f"attention probabilities of layer {layer}"
+        real_rows = real[:, None, :, None].expand_as(a)                        # (B, N, T, T)
+        assert max_diff(a[real_rows], b[real_rows]) <= 1e-5, f"attention of layer {layer}"
+        assert max_diff(a, b) <= 5e-5, f"attention of layer {layer} (pad queries included)"
         # Padding keys get no probability; every row sums to one.
         assert a.masked_select(pad_keys.expand_as(a)).abs().max().item() < 1e-30
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
@@ -293,8 +299,12 @@ def test_tiny_head_shapes_loss_and_backward(tiny_config, name):
     labelled.loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
-    # Every parameter learns something (the pad row of the word embeddings excepted).
-    assert all(g.abs().sum() > 0 for g in grads.values())
+    # Every parameter learns something (the pad row of the word embeddings excepted), except
+    # the QA bias: it shifts every position's score alike, which a softmax over positions
+    # ignores, so its gradient is zero up to rounding (as in transformers).
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if n != "qa_outputs.bias")
+    if "qa_outputs.bias" in grads:
+        assert grads["qa_outputs.bias"].abs().max() < 1e-6
 
 
 def test_tiny_mlm_loss_is_cross_entropy_at_masked_positions(tiny_config):

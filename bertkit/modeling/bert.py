@@ -25,6 +25,11 @@ from bertkit.modeling.layers import (ACTIVATIONS, BertEmbeddings, EncoderLayer,
 IGNORE_INDEX = -100
 
 
+def _exporting() -> bool:
+    """True while torch.export (the dynamo ONNX exporter) or the TorchScript tracer runs."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 # ---------------------------------------------------------------------------- outputs
 @dataclass
 class BertOutput:
@@ -112,7 +117,9 @@ class BertPreTrainedModel(nn.Module):
 class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        # A head-pruned config gives each layer its own head count.
+        self.layers = nn.ModuleList(EncoderLayer(config, len(config.kept_heads(i)))
+                                    for i in range(config.num_hidden_layers))
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool,
                 output_hidden_states: bool) -> tuple[torch.Tensor, tuple | None, tuple | None]:
@@ -161,9 +168,11 @@ class BertModel(BertPreTrainedModel):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         hidden = self.embeddings(input_ids, token_type_ids)                   # (B, T, H)
-        # No padding -> no mask at all, which lets SDPA take its fastest kernel.
+        # No padding -> no mask at all, which lets SDPA take its fastest kernel. An export
+        # (ONNX) keeps the mask always: the graph must serve padded batches too, and the
+        # data-dependent test cannot be traced.
         bias = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None and (_exporting() or not bool(attention_mask.all())):
             bias = padding_mask_bias(attention_mask, hidden.dtype)            # (B, 1, 1, T)
         hidden, all_hidden, all_attentions = self.encoder(
             hidden, bias, output_attentions, output_hidden_states)
@@ -263,6 +272,45 @@ def _classifier_dropout(config: BertConfig) -> nn.Dropout:
     return nn.Dropout(config.hidden_dropout_prob if p is None else p)
 
 
+# ---------------------------------------------------------------------------- task losses
+# Functions of the logits alone, so that a head computed elsewhere (onnxruntime) gets the same
+# loss; the rules are transformers'.
+def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor,
+                                 problem_type: str | None = None) -> torch.Tensor:
+    """logits (B, C), labels (B,) or (B, C) -> loss. Without ``problem_type``: one output is
+    regression (MSE), integer labels single-label (cross-entropy), else multi-label (BCE)."""
+    if problem_type is None:
+        if logits.size(-1) == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits, labels.view(-1).long())
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits (B, T, C), labels (B, T) with -100 where ignored -> mean cross-entropy."""
+    return F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1).long(),
+                           ignore_index=IGNORE_INDEX)
+
+
+def question_answering_loss(start_logits: torch.Tensor, end_logits: torch.Tensor,
+                            start_positions: torch.Tensor,
+                            end_positions: torch.Tensor) -> torch.Tensor:
+    """start/end logits (B, T), positions (B,) -> the mean of the two cross-entropies."""
+    length = start_logits.size(1)
+    # As transformers: a position past the end is clamped to T and ignored.
+    start = start_positions.view(-1).long().clamp(0, length)
+    end = end_positions.view(-1).long().clamp(0, length)
+    return (F.cross_entropy(start_logits, start, ignore_index=length)
+            + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
+
+
 class BertForSequenceClassification(BertPreTrainedModel):
     """A linear classifier on the pooled [CLS] vector.
 
@@ -286,22 +334,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
                         output_hidden_states)
         logits = self.classifier(self.dropout(out.pooler_output))             # (B, C)
-        loss = None
-        if labels is not None:
-            problem = self.config.problem_type
-            if problem is None:
-                if self.num_labels == 1:
-                    problem = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    problem = "single_label_classification"
-                else:
-                    problem = "multi_label_classification"
-            if problem == "regression":
-                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
-            elif problem == "single_label_classification":
-                loss = F.cross_entropy(logits, labels.view(-1).long())
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        loss = None if labels is None else sequence_classification_loss(
+            logits, labels, self.config.problem_type)
         return ClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -323,10 +357,7 @@ class BertForTokenClassification(BertPreTrainedModel):
         out = self.bert(input_ids, attention_mask, token_type_ids, output_attentions,
                         output_hidden_states)
         logits = self.classifier(self.dropout(out.last_hidden_state))          # (B, T, C)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1),
-                                   ignore_index=IGNORE_INDEX)
+        loss = None if labels is None else token_classification_loss(logits, labels)
         return ClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
 
@@ -355,12 +386,7 @@ class BertForQuestionAnswering(BertPreTrainedModel):
         start_logits, end_logits = logits[..., 0], logits[..., 1]             # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
-            length = start_logits.size(1)
-            # As transformers: a position past the end is clamped to T and ignored.
-            start = start_positions.view(-1).clamp(0, length)
-            end = end_positions.view(-1).clamp(0, length)
-            loss = (F.cross_entropy(start_logits, start, ignore_index=length)
-                    + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
+            loss = question_answering_loss(start_logits, end_logits, start_positions, end_positions)
         return QuestionAnsweringOutput(loss, start_logits, end_logits, out.hidden_states,
                                        out.attentions)
 

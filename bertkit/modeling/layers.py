@@ -111,25 +111,56 @@ ACTIVATIONS = {
 }
 
 
+def head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
+    """The rows of a (N*D, H) query/key/value weight that belong to ``heads`` (head h owns
+    rows h*D .. h*D+D-1), in order: (len(heads) * D,) int64."""
+    return torch.tensor([h * head_dim + d for h in heads for d in range(head_dim)],
+                        dtype=torch.long)
+
+
+def _select(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new Linear holding the output rows (``dim=0``) or input columns (``dim=1``) of
+    ``linear`` at ``index``; the bias follows the rows (all of it is kept for columns)."""
+    weight = linear.weight.index_select(dim, index.to(linear.weight.device))
+    out_features, in_features = weight.shape
+    new = nn.Linear(in_features, out_features, bias=linear.bias is not None,
+                    device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias[index.to(linear.bias.device)] if dim == 0 else linear.bias)
+    new.weight.requires_grad_(linear.weight.requires_grad)
+    if linear.bias is not None:
+        new.bias.requires_grad_(linear.bias.requires_grad)
+    return new
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention (the HF names: ``query``, ``key``, ``value``).
+
+    ``num_heads`` heads of ``head_dim`` (default H / N) each: the projections map H -> N*D,
+    which is H itself unless heads were pruned (config ``pruned_heads``; then N is the number
+    of heads the layer kept and D is still the model's head size).
 
     Prefix tuning adds trainable keys/values through ``prefix`` (PEFT methods hook in here so
     that attention stays in one place).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float,
+                 head_dim: int | None = None):
         super().__init__()
         self.num_heads = num_heads
+        self.head_dim = head_dim or hidden_size // num_heads
         self.dropout = dropout
-        self.query = nn.Linear(hidden_size, hidden_size)
-        self.key = nn.Linear(hidden_size, hidden_size)
-        self.value = nn.Linear(hidden_size, hidden_size)
+        inner = num_heads * self.head_dim                                     # N*D
+        self.query = nn.Linear(hidden_size, inner)
+        self.key = nn.Linear(hidden_size, inner)
+        self.value = nn.Linear(hidden_size, inner)
         self.prefix: nn.Module | None = None
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden (B, T, H), bias (B, 1, 1, T) or None -> context (B, T, H), probs (B, N, T, S)."""
+        """hidden (B, T, H), bias (B, 1, 1, T) or None -> context (B, T, N*D), probs (B, N, T, S)."""
         q = split_heads(self.query(hidden), self.num_heads)                  # (B, N, T, D)
         k = split_heads(self.key(hidden), self.num_heads)                    # (B, N, T, D)
         v = split_heads(self.value(hidden), self.num_heads)                  # (B, N, T, D)
@@ -137,7 +168,7 @@ class SelfAttention(nn.Module):
             k, v, bias = self.prefix(k, v, bias)                              # S = P + T
         dropout_p = self.dropout if self.training else 0.0
         context, probs = attention(q, k, v, bias, dropout_p, need_weights)
-        return merge_heads(context), probs                                    # (B, T, H)
+        return merge_heads(context), probs                                    # (B, T, N*D)
 
 
 class FeedForward(nn.Module):
@@ -161,14 +192,18 @@ class EncoderLayer(nn.Module):
 
     ``adapters`` is where bottleneck adapters (PEFT) plug in: each is applied to a sub-layer's
     output before the residual sum; empty by default.
+
+    ``num_heads`` (default: the config's) is the layer's own head count after head pruning;
+    the attention output projection then reads N*D < H features.
     """
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, num_heads: int | None = None):
         super().__init__()
         hidden = config.hidden_size
-        self.attention = SelfAttention(hidden, config.num_attention_heads,
-                                       config.attention_probs_dropout_prob)
-        self.attention_output = nn.Linear(hidden, hidden)
+        heads = config.num_attention_heads if num_heads is None else num_heads
+        self.attention = SelfAttention(hidden, heads, config.attention_probs_dropout_prob,
+                                       head_dim=config.head_dim)
+        self.attention_output = nn.Linear(heads * config.head_dim, hidden)
         self.attention_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.ffn = FeedForward(hidden, config.intermediate_size, config.hidden_act)
         self.ffn_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
@@ -177,8 +212,8 @@ class EncoderLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.attention(hidden, bias, need_weights)          # (B, T, H)
-        attended = self.dropout(self.attention_output(context))
+        context, probs = self.attention(hidden, bias, need_weights)          # (B, T, N*D)
+        attended = self.dropout(self.attention_output(context))               # (B, T, H)
         if "attention" in self.adapters:
             attended = self.adapters["attention"](attended)
         hidden = self.attention_norm(hidden + attended)                       # (B, T, H)
@@ -187,6 +222,29 @@ class EncoderLayer(nn.Module):
             transformed = self.adapters["ffn"](transformed)
         hidden = self.ffn_norm(hidden + transformed)                          # (B, T, H)
         return hidden, probs
+
+    @torch.no_grad()
+    def keep_heads(self, positions: list[int]) -> None:
+        """Remove every attention head but ``positions`` (indices among the layer's current
+        heads): the query/key/value rows and the output projection's input columns of the
+        other heads go. The rest of the layer computes exactly what it did with the removed
+        heads' value rows zeroed."""
+        attention = self.attention
+        if not positions or len(set(positions)) != len(positions) or not all(
+                0 <= p < attention.num_heads for p in positions):
+            raise ValueError(f"keep_heads needs distinct head positions in [0, "
+                             f"{attention.num_heads}), at least one; got {positions}")
+        for owner, name in ((attention, "query"), (attention, "key"), (attention, "value"),
+                            (self, "attention_output")):
+            if type(getattr(owner, name)) is not nn.Linear:
+                raise ValueError(f"cannot prune heads of a layer whose {name} is wrapped "
+                                 "(PEFT): prune the plain model first")
+        rows = head_rows(sorted(positions), attention.head_dim)               # (N'*D,)
+        attention.query = _select(attention.query, rows, dim=0)
+        attention.key = _select(attention.key, rows, dim=0)
+        attention.value = _select(attention.value, rows, dim=0)
+        self.attention_output = _select(self.attention_output, rows, dim=1)
+        attention.num_heads = len(positions)
 
 
 class BertEmbeddings(nn.Module):

@@ -138,6 +138,9 @@ class PrefixTuning(PeftMethod):
         o = self.options
         config = peft.model.config
         layers = encoder_layers(peft.model)
+        if getattr(config, "pruned_heads", None):  # the prefixes have one slice per head
+            raise ValueError("prefix tuning needs every attention head, but the model has "
+                             f"pruned heads {config.pruned_heads}; use LoRA or adapters")
         for layer in layers:
             if layer.attention.prefix is not None:
                 raise ValueError("the model's attention already has a prefix hook")

@@ -16,7 +16,8 @@ QA's ``bertkit_doc_stride`` ...), so :func:`evaluate_folder` and :func:`predict_
 only the folder.
 
 Public API: :class:`FinetuneConfig`, :func:`run_finetuning`, :func:`evaluate_folder`,
-:func:`predict_folder`, :func:`print_report`.
+:func:`predict_folder`, :func:`load_predictor` / :class:`Predictor` (load once, predict many),
+:func:`print_report`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ TASK_METRICS = {"classification": ("accuracy", "macro_f1", "eval_loss"),
                 "ner": ("f1", "precision", "recall", "eval_loss"),
                 "qa": ("f1", "exact_match", "eval_loss")}
 LOWER_IS_BETTER = ("eval_loss", "mse")
+RUNTIMES = ("torch", "onnx")  # inference engines: PyTorch, or the exported model.onnx
 DEFAULT_MAX_LENGTH = {"classification": 128, "regression": 128, "ner": 128, "qa": 384}
 
 METRICS_FILE = "metrics.json"
@@ -195,7 +197,7 @@ def _forward_items(model: nn.Module, task: str, dataset: TaskDataset, collator: 
     logits (C,); NER predicted tag ids (T_i,); QA start and end logits (2, T_i) -- T_i the
     item's own length -- and the mean loss when the items carry labels (else None).
     """
-    device = next(model.parameters()).device
+    device = _input_device(model)
     n = len(dataset)
     order = sorted(range(n), key=lambda i: -len(dataset[i]["input_ids"]))
     outputs: list[np.ndarray | None] = [None] * n
@@ -218,6 +220,12 @@ def _forward_items(model: nn.Module, task: str, dataset: TaskDataset, collator: 
         for row, (index, length) in enumerate(zip(indices, lengths)):
             outputs[index] = rows[row][..., :length] if task in ("qa", "ner") else rows[row]
     return outputs, (loss_sum / loss_count if loss_count else None)
+
+
+def _input_device(model) -> torch.device:
+    """Where a batch goes: the model's parameters' device; CPU for an ONNX session."""
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
 
 
 def _settings(config: BertConfig) -> dict:
@@ -460,13 +468,25 @@ def folder_task(folder: str, config: BertConfig | None = None) -> str:
                      "fine-tune it first (bertkit finetune --task ...)")
 
 
-def _load_folder(folder: str, device: str | None):
-    """(model, tokenizer, task, settings) of a fine-tuned folder, ready for inference."""
+def _load_folder(folder: str, device: str | None, runtime: str = "torch"):
+    """(model, tokenizer, task, settings) of a fine-tuned folder, ready for inference.
+
+    ``runtime="onnx"`` loads ``folder/model.onnx`` (written by ``bertkit export``) into an
+    onnxruntime session (:class:`bertkit.compress.onnx.OnnxModel`, CPU) instead."""
     from bertkit.inference import load_for_inference
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist")
     from bertkit.peft import is_adapter_folder, load_adapter
-    if is_adapter_folder(folder):  # a PEFT folder: base model + adapter + head
+    if runtime == "onnx":
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"the onnx runtime runs on the CPU, not {device}")
+        from bertkit.compress.onnx import load_for_onnx_inference
+        model, tokenizer = load_for_onnx_inference(folder)
+        config = model.config
+        task = folder_task(folder, config)
+    elif is_adapter_folder(folder):  # a PEFT folder: base model + adapter + head
         model = load_adapter(folder, device=device)
         config = model.config
         task = folder_task(folder, config)
@@ -483,7 +503,8 @@ def _load_folder(folder: str, device: str | None):
 
 
 def evaluate_folder(model_dir: str, data_path: str, batch_size: int = 64,
-                    device: str | None = None, output: str | None = None) -> dict:
+                    device: str | None = None, output: str | None = None,
+                    runtime: str = "torch", model: nn.Module | None = None) -> dict:
     """Evaluate a fine-tuned folder on a labelled data file of its task.
 
     Returns the same metrics as ``metrics.json`` holds for a split (classification:
@@ -491,9 +512,13 @@ def evaluate_folder(model_dir: str, data_path: str, batch_size: int = 64,
     f1, report; QA: exact_match, f1) plus ``eval_loss`` and, for classification and NER,
     ``report_text`` (the printable table; see :func:`print_report`). A label the model does
     not know is a ValueError naming the file and line. With ``output`` the metrics (without
-    ``report_text``) are also written there as JSON.
+    ``report_text``) are also written there as JSON. ``runtime="onnx"`` runs the folder's
+    exported ``model.onnx`` in onnxruntime (``bertkit export`` writes it). ``model`` (e.g. an
+    int8 copy of the folder's model) replaces the folder's weights; tokenizer and settings
+    still come from the folder.
     """
-    model, tokenizer, task, settings = _load_folder(model_dir, device)
+    loaded, tokenizer, task, settings = _load_folder(model_dir, device, runtime)
+    model = loaded if model is None else model
     examples = _load_examples(task, data_path)
     id2label = _id2label(model.config, task)
     label2id = None
@@ -507,11 +532,100 @@ def evaluate_folder(model_dir: str, data_path: str, batch_size: int = 64,
     return metrics
 
 
+class Predictor:
+    """A fine-tuned folder loaded once, ready to predict many times (``bertkit predict`` and
+    ``bertkit serve`` both use one).
+
+    Holds ``model`` (eval mode), ``tokenizer``, ``task`` (see :data:`TASKS`) and ``settings``
+    (the folder's ``bertkit_*`` values: max length, QA doc stride ...). Build one with
+    :func:`load_predictor`. :meth:`predict` keeps no state between calls, so one Predictor
+    may serve calls from several threads (the model is only read).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, task: str, settings: dict):
+        self.model, self.tokenizer, self.task, self.settings = model, tokenizer, task, settings
+        self._collator = PaddingCollator(tokenizer.pad_token_id)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The label names of a classification/NER model, in id order (else None)."""
+        id2label = _id2label(self.model.config, self.task)
+        return [id2label[i] for i in range(len(id2label))] if id2label else None
+
+    def predict(self, texts: Sequence[str] | None = None, text_pairs: Sequence[str] | None = None,
+                questions: Sequence[str] | None = None, contexts: Sequence[str] | None = None,
+                batch_size: int = 32) -> list[dict]:
+        """Predict on a list of inputs; one dict per input, in order (see :func:`predict_folder`
+        for the inputs each task takes and the dicts it returns)."""
+        task, settings, tokenizer = self.task, self.settings, self.tokenizer
+        model, collator = self.model, self._collator
+        _check_predict_inputs(task, texts, text_pairs, questions, contexts)
+
+        if task == "qa":
+            examples = [QaExample(str(i), q, c) for i, (q, c) in enumerate(zip(questions, contexts))]
+            if not examples:
+                return []
+            dataset = _encode(task, examples, tokenizer, settings, None, labelled=False)
+            outputs, _ = _forward_items(model, task, dataset, collator, batch_size)
+            answers = postprocess_qa(dataset.features, [o[0] for o in outputs],
+                                     [o[1] for o in outputs], n_best=settings["bertkit_n_best"],
+                                     max_answer_length=settings["bertkit_max_answer_length"],
+                                     version_2=settings["bertkit_version_2"],
+                                     null_threshold=settings["bertkit_null_threshold"])
+            return [{"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]}
+                    for a in (answers[ex.id] for ex in examples)]
+
+        texts = list(texts)
+        if task == "ner":
+            words = [split_words(t) for t in texts]
+            has_words = [i for i, w in enumerate(words) if w]  # a text of spaces has no entities
+            sentences = [NerSentence([w for w, _, _ in words[i]], ["O"] * len(words[i]),
+                                     [i + 1] * len(words[i])) for i in has_words]
+            results = [{"entities": []} for _ in texts]
+            if sentences:
+                dataset = _encode(task, sentences, tokenizer, settings, None, labelled=False)
+                outputs, _ = _forward_items(model, task, dataset, collator, batch_size)
+                tags = ner_predictions_to_words(outputs, dataset.features, model.config.id2label)
+                for i, word_tags in zip(has_words, tags):
+                    results[i] = {"entities": entities_from_text(texts[i], word_tags, words[i])}
+            return results
+
+        if not texts:
+            return []
+        pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
+        examples = [ClassificationExample(t, p, None, i + 1)
+                    for i, (t, p) in enumerate(zip(texts, pairs))]
+        dataset = _encode(task, examples, tokenizer, settings, None, labelled=False)
+        outputs, _ = _forward_items(model, task, dataset, collator, batch_size)
+        if task == "regression":
+            return [{"score": float(row[0])} for row in outputs]
+        names = self.labels
+        results = []
+        for row in outputs:
+            probs = torch.softmax(torch.from_numpy(row).double(), -1).tolist()
+            results.append({"label": names[int(np.argmax(row))],
+                            "probabilities": dict(zip(names, probs))})
+        return results
+
+
+def load_predictor(folder: str, device: str | None = None, runtime: str = "torch") -> Predictor:
+    """Load a fine-tuned folder (full model or PEFT adapter folder) once for many predictions.
+
+    ``runtime`` picks the engine: ``"torch"`` (default) or ``"onnx"`` (an exported folder).
+    """
+    return Predictor(*_load_folder(folder, device, runtime=runtime))
+
+
 def predict_folder(model_dir: str, texts: Sequence[str] | None = None,
                    text_pairs: Sequence[str] | None = None,
                    questions: Sequence[str] | None = None, contexts: Sequence[str] | None = None,
-                   batch_size: int = 32, device: str | None = None) -> list[dict]:
+                   batch_size: int = 32, device: str | None = None,
+                   runtime: str = "torch") -> list[dict]:
     """Predict with a fine-tuned folder; the task comes from its config.json.
+
+    Loads the folder on every call: to predict many times, :func:`load_predictor` once and
+    call :meth:`Predictor.predict`. ``runtime="onnx"`` runs the folder's exported
+    ``model.onnx`` in onnxruntime (``bertkit export`` writes it).
 
     Inputs: ``texts`` (+ optional ``text_pairs``) for classification, regression and NER;
     ``questions`` and ``contexts`` (same length) for QA. Over-long inputs are truncated with
@@ -526,54 +640,9 @@ def predict_folder(model_dir: str, texts: Sequence[str] | None = None,
     - QA: ``{"answer": str, "start": int | None, "end": int | None, "score": float}`` with
       ``context[start:end] == answer`` (``""`` and None spans for a v2.0 "no answer").
     """
-    model, tokenizer, task, settings = _load_folder(model_dir, device)
-    _check_predict_inputs(task, texts, text_pairs, questions, contexts)
-    collator = PaddingCollator(tokenizer.pad_token_id)
-
-    if task == "qa":
-        examples = [QaExample(str(i), q, c) for i, (q, c) in enumerate(zip(questions, contexts))]
-        if not examples:
-            return []
-        dataset = _encode(task, examples, tokenizer, settings, None, labelled=False)
-        outputs, _ = _forward_items(model, task, dataset, collator, batch_size)
-        answers = postprocess_qa(dataset.features, [o[0] for o in outputs], [o[1] for o in outputs],
-                                 n_best=settings["bertkit_n_best"],
-                                 max_answer_length=settings["bertkit_max_answer_length"],
-                                 version_2=settings["bertkit_version_2"],
-                                 null_threshold=settings["bertkit_null_threshold"])
-        return [{"answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"]}
-                for a in (answers[ex.id] for ex in examples)]
-
-    texts = list(texts)
-    if task == "ner":
-        words = [split_words(t) for t in texts]
-        has_words = [i for i, w in enumerate(words) if w]  # a text of spaces has no entities
-        sentences = [NerSentence([w for w, _, _ in words[i]], ["O"] * len(words[i]),
-                                 [i + 1] * len(words[i])) for i in has_words]
-        results = [{"entities": []} for _ in texts]
-        if sentences:
-            dataset = _encode(task, sentences, tokenizer, settings, None, labelled=False)
-            outputs, _ = _forward_items(model, task, dataset, collator, batch_size)
-            tags = ner_predictions_to_words(outputs, dataset.features, model.config.id2label)
-            for i, word_tags in zip(has_words, tags):
-                results[i] = {"entities": entities_from_text(texts[i], word_tags, words[i])}
-        return results
-
-    if not texts:
-        return []
-    pairs = list(text_pairs) if text_pairs is not None else [None] * len(texts)
-    examples = [ClassificationExample(t, p, None, i + 1) for i, (t, p) in enumerate(zip(texts, pairs))]
-    dataset = _encode(task, examples, tokenizer, settings, None, labelled=False)
-    outputs, _ = _forward_items(model, task, dataset, collator, batch_size)
-    if task == "regression":
-        return [{"score": float(row[0])} for row in outputs]
-    names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    results = []
-    for row in outputs:
-        probs = torch.softmax(torch.from_numpy(row).double(), -1).tolist()
-        results.append({"label": names[int(np.argmax(row))],
-                        "probabilities": dict(zip(names, probs))})
-    return results
+    predictor = load_predictor(model_dir, device, runtime)
+    return predictor.predict(texts=texts, text_pairs=text_pairs, questions=questions,
+                             contexts=contexts, batch_size=batch_size)
 
 
 def _check_predict_inputs(task, texts, text_pairs, questions, contexts) -> None:

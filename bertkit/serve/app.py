@@ -1,0 +1,493 @@
+"""The ``bertkit serve`` web app: FastAPI routes over a model folder loaded once.
+
+Routes (``/v1`` ones need ``Authorization: Bearer <key>`` when keys are configured)::
+
+    POST /v1/predict    {"texts": [...], "text_pairs"?: [...]}  or QA {"questions", "contexts"}
+                        -> {"predictions": [...]}   (as `bertkit predict` answers)
+    POST /v1/embed      {"texts": [...], "normalize"?: bool}   -> {"embeddings": [[...], ...]}
+    POST /v1/fill-mask  {"texts": [...], "top_k"?: int}        -> {"results": [...]}
+    GET  /v1/info       the model: task, labels, routes
+    GET  /healthz  /readyz  /metrics  /docs  /          (no key needed)
+
+Model calls go through a :class:`~bertkit.serve.batching.MicroBatcher`; every request is
+counted in Prometheus metrics and written as one JSON line to the ``bertkit.serve.access``
+logger (method, path, route, status, duration, input count -- never keys, headers or texts).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route functions'
+# annotations (Request) at runtime, and those classes are imported inside create_app.
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, fields
+
+from bertkit.serve.auth import KeyChecker, check_bind, load_api_keys
+from bertkit.serve.limits import (ApiError, Limits, boolean, check_fields, integer,
+                                  read_json_object, same_length, text_list)
+
+CONFIG_ENV = "BERTKIT_SERVE_CONFIG"  # how `--workers N` hands the settings to each worker
+ACCESS_LOG = "bertkit.serve.access"
+SERVER_LOG = "bertkit.serve"
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``bertkit serve`` takes (the CLI options, one to one)."""
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    runtime: str = "torch"
+    device: str | None = None
+    api_keys_file: str | None = None
+    insecure: bool = False
+    batching: bool = True
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_padding: float = 0.25
+    max_texts: int = 64
+    max_chars: int = 10_000
+    max_body_bytes: int = 1_000_000
+    graceful_timeout: float = 30.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeConfig":
+        data = json.loads(text)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_padding <= 1:
+            raise ValueError(f"max_padding must be between 0 and 1, got {self.max_padding}")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_texts=self.max_texts, max_chars=self.max_chars,
+                      max_body_bytes=self.max_body_bytes)
+
+
+# ============================================================================ logging
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = record.msg if isinstance(record.msg, dict) else {"message": record.getMessage()}
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                 + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(), **entry}
+        if record.exc_info:
+            entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def _json_logger(name: str) -> logging.Logger:
+    """A logger writing one JSON object a line to stderr (set up once per process)."""
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+# ============================================================================ metrics
+
+
+class Metrics:
+    """The Prometheus metrics of one app, in its own registry (two apps never share counts)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("bertkit_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=registry)
+        self.latency = Histogram("bertkit_request_duration_seconds", "time to answer a request",
+                                 ["route"], registry=registry,
+                                 buckets=(.002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.in_flight = Gauge("bertkit_requests_in_flight", "requests being answered",
+                               registry=registry)
+        self.batch_size = Histogram("bertkit_batch_size", "inputs per forward pass",
+                                    ["route"], registry=registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.batch_requests = Histogram("bertkit_batch_requests",
+                                        "requests grouped into one micro-batch", ["route"],
+                                        registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.inputs = Counter("bertkit_inputs", "texts (or QA pairs) run through the model",
+                              ["route"], registry=registry)
+        self.tokens = Counter("bertkit_tokens", "tokens run through the model (special tokens "
+                              "included, after truncation)", ["route"], registry=registry)
+        self.truncated = Counter("bertkit_truncated_inputs", "inputs longer than the model "
+                                 "takes, truncated as `bertkit predict` does", ["route"],
+                                 registry=registry)
+        self.model = Info("bertkit_model", "the served model", registry=registry)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _AccessMiddleware:
+    """Counts, times and logs every HTTP request; answers an unexpected error with a JSON 500
+    so that the client gets the usual error shape and the server keeps going."""
+
+    def __init__(self, app, metrics: Metrics, logger: logging.Logger):
+        self.app, self.metrics, self.logger = app, metrics, logger
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex[:16]
+        status, started = 500, False
+
+        async def send_with_id(message):
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id",
+                                                                  request_id.encode())]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        error = None
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as e:  # noqa: BLE001 -- a bug: logged with its traceback, answered 500
+            error = e
+            if not started:
+                body = json.dumps(ApiError(500, "internal_error", "the server failed to answer "
+                                           f"this request (request id {request_id})").body())
+                await send_with_id({"type": "http.response.start", "status": 500,
+                                    "headers": [(b"content-type", b"application/json")]})
+                await send_with_id({"type": "http.response.body", "body": body.encode()})
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            route_obj = scope.get("route")
+            route = getattr(route_obj, "path", None) or "<unmatched>"  # bounded label values
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            entry = {"event": "request", "request_id": request_id, "method": scope["method"],
+                     "path": scope["path"], "route": route, "status": status,
+                     "duration_ms": round(elapsed * 1000, 2),
+                     "client": (scope.get("client") or ("", 0))[0]}
+            inputs = (scope.get("state") or {}).get("inputs")
+            if inputs is not None:
+                entry["inputs"] = inputs
+            if error is not None:
+                self.logger.error(entry, exc_info=(type(error), error, error.__traceback__))
+            else:
+                self.logger.info(entry)
+
+
+class _JSON:
+    """JSON responses that also take numpy scalars (QA scores) and keep non-ASCII text."""
+
+    @staticmethod
+    def response(content, status_code: int = 200, headers: dict | None = None):
+        from fastapi.responses import Response
+
+        def default(value):
+            if hasattr(value, "item"):
+                return value.item()
+            raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+        body = json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=default)
+        return Response(body, status_code=status_code, headers=headers,
+                        media_type="application/json")
+
+
+# ============================================================================ the app
+
+
+def _request_schema(properties: dict, required: list[str], example: dict) -> dict:
+    """An OpenAPI request body (the routes read their JSON themselves, for clearer errors)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "properties": properties, "required": required,
+                   "additionalProperties": False},
+        "example": example}}}}
+
+
+STRINGS = {"type": "array", "items": {"type": "string"}}
+
+
+def create_app(config: ServeConfig, served=None):
+    """The FastAPI app serving ``config.model`` (or an already loaded ``served`` model).
+
+    Loads the model and the API keys here, so that a bad folder or keys file fails before the
+    server listens.
+    """
+    from fastapi import APIRouter, Depends, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, Response
+    from fastapi.security import HTTPBearer
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from bertkit.serve.batching import MicroBatcher
+    from bertkit.serve.engine import load_served_model
+    from bertkit.serve.page import render_page
+
+    keys = KeyChecker(load_api_keys(config.api_keys_file))
+    limits = config.limits
+    if served is None:
+        served = load_served_model(config.model, runtime=config.runtime, device=config.device)
+    info = served.info()
+    metrics = Metrics()
+    metrics.model.info({k: json.dumps(v) if isinstance(v, (list, type(None))) else str(v)
+                        for k, v in info.items()})
+    access_log, server_log = _json_logger(ACCESS_LOG), _json_logger(SERVER_LOG)
+
+    def run(key, items):
+        results, stats = served.run(key, items, config.max_padding)
+        route = key[0]
+        metrics.tokens.labels(route).inc(stats["tokens"])
+        metrics.truncated.labels(route).inc(stats["truncated"])
+        metrics.inputs.labels(route).inc(len(items))
+        for size in stats["forward_sizes"]:
+            metrics.batch_size.labels(route).observe(size)
+        return results
+
+    def on_batch(key, n_items, n_requests):
+        metrics.batch_requests.labels(key[0]).observe(n_requests)
+
+    batcher = MicroBatcher(run, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                           enabled=config.batching, on_batch=on_batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        server_log.info({"event": "startup", "model": info["name"], "task": info["task"],
+                         "runtime": info["runtime"], "routes": info["routes"],
+                         "auth": keys.enabled, "batching": config.batching,
+                         "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                         "max_padding": config.max_padding,
+                         "pid": os.getpid()})
+        yield
+        await batcher.stop()  # uvicorn has let in-flight requests finish before this
+        server_log.info({"event": "shutdown", "pid": os.getpid()})
+
+    app = FastAPI(title="bertkit serve", version=_version(), lifespan=lifespan,
+                  description=f"Model **{info['name']}** (task: {info['task']}, "
+                              f"architecture: {info['architecture']}). Routes under `/v1` "
+                              + ("need `Authorization: Bearer <key>`." if keys.enabled
+                                 else "are open (no API keys configured)."))
+    app.state.served, app.state.batcher, app.state.metrics = served, batcher, metrics
+
+    # ---------------------------------------------------------------- errors
+    def error_response(error: ApiError):
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return _JSON.response(error.body(), error.status, headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, error: ApiError):
+        return error_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        message = {404: f"no route {request.url.path}; see /docs",
+                   405: f"{request.method} is not allowed on {request.url.path}"}
+        return error_response(ApiError(error.status_code,
+                                       codes.get(error.status_code, "http_error"),
+                                       message.get(error.status_code, str(error.detail))))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error):
+        return error_response(ApiError(422, "invalid_input", str(error.errors()[:1])))
+
+    # ---------------------------------------------------------------- auth
+    bearer = HTTPBearer(auto_error=False, description="an API key from --api-keys-file or "
+                                                      "$BERTKIT_API_KEYS")
+
+    async def require_key(request: Request, _=Depends(bearer)):
+        if not keys.check(request.headers.get("authorization")):
+            raise ApiError(401, "unauthorized", "missing or wrong API key: send the header "
+                           "'Authorization: Bearer <key>'")
+
+    v1 = APIRouter(prefix="/v1", tags=["model"],
+                   dependencies=[Depends(require_key)] if keys.enabled else [])
+
+    async def call_model(request: Request, key: tuple, items: list) -> list:
+        request.state.inputs = len(items)
+        try:
+            return await batcher.submit(key, items)
+        except (ValueError, TypeError) as e:  # the input, not the server (e.g. a lost [MASK])
+            raise ApiError(422, "invalid_input", str(e)) from None
+        except RuntimeError as e:
+            if not batcher.running:
+                raise ApiError(503, "shutting_down", str(e)) from None
+            raise
+
+    def unsupported(route: str, code: str, need: str):
+        return ApiError(404, code, f"model {info['name']} ({info['architecture']}) cannot answer "
+                        f"{route}: {need}. It serves: "
+                        + (", ".join(f"/v1/{r}" for r in info["routes"]) or "nothing"))
+
+    # ---------------------------------------------------------------- /v1
+    task = served.task
+    if task == "qa":
+        predict_doc = _request_schema({"questions": STRINGS, "contexts": STRINGS},
+                                      ["questions", "contexts"],
+                                      {"questions": ["Who wrote it?"],
+                                       "contexts": ["It was written by Ada."]})
+    else:
+        predict_doc = _request_schema({"texts": STRINGS, "text_pairs": STRINGS}, ["texts"],
+                                      {"texts": ["a text to classify"]})
+
+    @v1.post("/predict", summary=f"predict ({task or 'no task head'})",
+             openapi_extra=predict_doc,
+             description="One prediction per input, in order -- as `bertkit predict` answers: "
+                         "classification {label, probabilities}, regression {score}, NER "
+                         "{entities: [{entity, label, start, end}]}, QA {answer, start, end, "
+                         "score}.")
+    async def predict(request: Request):
+        if task is None:
+            raise unsupported("/v1/predict", "no_task_head",
+                              "it has no task head (fine-tune it with `bertkit finetune`)")
+        data = await read_json_object(request, limits)
+        if task == "qa":
+            check_fields(data, ("questions", "contexts"))
+            questions = text_list(data, "questions", limits)
+            contexts = text_list(data, "contexts", limits)
+            same_length("questions", questions, "contexts", contexts)
+            items = list(zip(questions, contexts))
+        else:
+            check_fields(data, ("texts", "text_pairs"))
+            texts = text_list(data, "texts", limits)
+            pairs = text_list(data, "text_pairs", limits, required=False)
+            items = texts
+            if pairs is not None:
+                if task == "ner":
+                    raise ApiError(422, "invalid_input", "an NER model takes single texts, "
+                                   "not text_pairs")
+                same_length("texts", texts, "text_pairs", pairs)
+                items = list(zip(texts, pairs))
+        results = await call_model(request, ("predict", config.max_batch), items)
+        return _JSON.response({"predictions": results})
+
+    @v1.post("/embed", summary="sentence embeddings",
+             openapi_extra=_request_schema({"texts": STRINGS, "normalize": {"type": "boolean"}},
+                                           ["texts"], {"texts": ["a sentence"], "normalize": True}),
+             description="The mean of the encoder's last hidden states over each text's tokens "
+                         "(as `bertkit embed`); `normalize` scales them to unit length.")
+    async def embed(request: Request):
+        if served.encoder is None:
+            raise unsupported("/v1/embed", "no_encoder", f"the {info['runtime']} runtime has "
+                              "no torch encoder (serve with --runtime torch for embeddings)")
+        data = await read_json_object(request, limits)
+        check_fields(data, ("texts", "normalize"))
+        texts = text_list(data, "texts", limits)
+        normalize = boolean(data, "normalize", False)
+        vectors = await call_model(request, ("embed", normalize, config.max_batch), texts)
+        return _JSON.response({"embeddings": vectors})
+
+    @v1.post("/fill-mask", summary="fill [MASK] tokens",
+             openapi_extra=_request_schema({"texts": STRINGS, "top_k": {"type": "integer"}},
+                                           ["texts"], {"texts": ["the [MASK] sat on the mat"],
+                                                       "top_k": 5}),
+             description="Per text, per [MASK] in it: the top_k tokens {token, score, sequence}.")
+    async def fill_mask(request: Request):
+        if not served.has_mlm:
+            raise unsupported("/v1/fill-mask", "no_mlm_head", "it has no masked-language-model "
+                              "head (a folder from `bertkit pretrain` has one)")
+        data = await read_json_object(request, limits)
+        check_fields(data, ("texts", "top_k"))
+        texts = text_list(data, "texts", limits)
+        top_k = integer(data, "top_k", 5, 1, limits.max_top_k)
+        mask = served.tokenizer.mask_token
+        for i, text in enumerate(texts):
+            if mask not in text:
+                raise ApiError(422, "no_mask_token", f"texts[{i}] has no {mask} token")
+        results = await call_model(request, ("fill-mask", top_k), texts)
+        return _JSON.response({"results": results})
+
+    @v1.get("/info", summary="the served model")
+    async def model_info():
+        return _JSON.response(info)
+
+    app.include_router(v1)
+
+    # ---------------------------------------------------------------- open routes
+    @app.get("/healthz", tags=["ops"], summary="liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="readiness: the model is loaded and served")
+    async def readyz():
+        if not batcher.running:
+            return error_response(ApiError(503, "not_ready", "the model worker is not running"))
+        return {"status": "ready", "model": info["name"], "task": info["task"]}
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus():
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    page = render_page(info, auth=keys.enabled)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    app.add_middleware(_AccessMiddleware, metrics=metrics, logger=access_log)
+    return app
+
+
+def _version() -> str:
+    from bertkit import __version__
+    return __version__
+
+
+def app_from_env():
+    """App factory for ``uvicorn --factory`` and ``--workers N``: settings come from
+    ``$BERTKIT_SERVE_CONFIG`` (JSON of :class:`ServeConfig`), keys from the keys file or
+    ``$BERTKIT_API_KEYS``, as the parent process had them."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeError(f"${CONFIG_ENV} is not set; start the server with `bertkit serve`")
+    config = ServeConfig.from_json(text)
+    _quiet_truncation()
+    if config.workers > 1:  # N processes share the cores: one model call per core group
+        import torch
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+    return create_app(config)
+
+
+def _quiet_truncation() -> None:
+    # The predictor warns on every call that truncates; a server counts them instead
+    # (bertkit_truncated_inputs_total) rather than print a line per request.
+    import warnings
+
+    from bertkit.data.tasks import TruncationWarning
+    warnings.filterwarnings("ignore", category=TruncationWarning)
+
+
+def run_server(config: ServeConfig) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish (up to ``graceful_timeout``)."""
+    import uvicorn
+    _quiet_truncation()
+    if config.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {config.workers}")
+    check_bind(config.host, load_api_keys(config.api_keys_file), config.insecure)
+    common = dict(host=config.host, port=config.port, access_log=False, log_level="info",
+                  timeout_graceful_shutdown=math.ceil(config.graceful_timeout))
+    if config.workers == 1:
+        uvicorn.run(create_app(config), **common)
+        return
+    # Several processes need an import string: each worker builds its own app (and model)
+    # from the settings in the environment it inherits.
+    if not os.path.isdir(config.model):
+        raise FileNotFoundError(f"model folder {config.model} does not exist")
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run("bertkit.serve.app:app_from_env", factory=True, workers=config.workers, **common)

@@ -1,0 +1,148 @@
+"""The try-it page at ``/``: a text box, a button, the result and its latency.
+
+Kept in a .py module (not a package-data file) so that it ships with any install of the
+package. The model's info is put into the page as JSON; the page calls the same ``/v1``
+routes any client does (with the API key typed into it, kept only in the page's memory).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>bertkit serve: __NAME__</title>
+<style>
+  body { font: 15px/1.45 system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem; color: #1d2330; }
+  h1 { font-size: 1.3rem; margin-bottom: .2rem; }
+  .meta { color: #5b6475; margin-top: 0; }
+  label { display: block; font-weight: 600; margin: .8rem 0 .2rem; }
+  textarea, input[type=text], input[type=password], select { width: 100%; box-sizing: border-box; font: inherit; padding: .45rem; border: 1px solid #b9c0cc; border-radius: 6px; }
+  textarea { min-height: 5.5rem; }
+  button { margin-top: .9rem; font: inherit; font-weight: 600; padding: .5rem 1.4rem; border: 0; border-radius: 6px; background: #2b59c3; color: white; cursor: pointer; }
+  button:disabled { background: #8a9bc4; }
+  #status { margin-left: .8rem; color: #5b6475; }
+  #summary { margin-top: 1.1rem; }
+  .bar { display: flex; align-items: center; gap: .6rem; margin: .15rem 0; }
+  .bar span:first-child { width: 12rem; overflow: hidden; text-overflow: ellipsis; }
+  .bar div { height: .8rem; background: #2b59c3; border-radius: 3px; }
+  mark { background: #ffe38a; border-radius: 3px; padding: 0 .15rem; }
+  mark small { color: #7a5b00; margin-left: .2rem; }
+  pre { background: #f3f5f8; padding: .7rem; border-radius: 6px; overflow-x: auto; font-size: 13px; max-height: 22rem; }
+  .error { color: #b00020; font-weight: 600; }
+  .hidden { display: none; }
+</style>
+</head>
+<body>
+<h1>bertkit serve</h1>
+<p class="meta" id="meta"></p>
+<label for="route">Route</label>
+<select id="route"></select>
+<div id="key-box" class="hidden">
+  <label for="key">API key</label>
+  <input id="key" type="password" autocomplete="off" placeholder="Bearer key (kept in this page only)">
+</div>
+<div id="text-box">
+  <label for="text">Text</label>
+  <textarea id="text" placeholder="Type a text"></textarea>
+</div>
+<div id="pair-box" class="hidden">
+  <label for="pair">Second text (optional, pair tasks)</label>
+  <input id="pair" type="text">
+</div>
+<div id="qa-box" class="hidden">
+  <label for="question">Question</label>
+  <input id="question" type="text">
+  <label for="context">Context</label>
+  <textarea id="context"></textarea>
+</div>
+<button id="run" type="button">Run</button><span id="status"></span>
+<div id="summary" aria-live="polite"></div>
+<pre id="result" class="hidden"></pre>
+<script id="model-info" type="application/json">__INFO__</script>
+<script>
+"use strict";
+const INFO = JSON.parse(document.getElementById("model-info").textContent);
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
+$("meta").textContent = `model ${INFO.name} · task ${INFO.task} · ${INFO.architecture} · ${INFO.runtime}`;
+if (INFO.auth) $("key-box").classList.remove("hidden");
+for (const r of INFO.routes) $("route").add(new Option("/v1/" + r, r));
+function layout() {
+  const route = $("route").value, qa = route === "predict" && INFO.task === "qa";
+  $("qa-box").classList.toggle("hidden", !qa);
+  $("text-box").classList.toggle("hidden", qa);
+  $("pair-box").classList.toggle("hidden", !(route === "predict" && (INFO.task === "classification" || INFO.task === "regression")));
+  if (route === "fill-mask" && !$("text").value) $("text").value = "the [MASK] sat on the mat.";
+}
+$("route").addEventListener("change", layout);
+layout();
+function body(route) {
+  if (route === "predict" && INFO.task === "qa") return {questions: [$("question").value], contexts: [$("context").value]};
+  const b = {texts: [$("text").value]};
+  if (route === "predict" && $("pair").value && !$("pair-box").classList.contains("hidden")) b.text_pairs = [$("pair").value];
+  return b;
+}
+function summarise(route, data) {
+  if (route === "embed") {
+    const v = data.embeddings[0];
+    return `<p>${v.length}-dimensional embedding: [${v.slice(0, 6).map((x) => x.toFixed(4)).join(", ")}, …]</p>`;
+  }
+  if (route === "fill-mask") {
+    return data.results[0].map((cands, i) => `<p><b>[MASK] ${i + 1}</b></p>` + cands.map((c) =>
+      `<div class="bar"><span>${esc(c.token)}</span><div style="width:${(c.score * 20).toFixed(1)}rem"></div><span>${c.score.toFixed(3)}</span></div>`).join("")).join("");
+  }
+  const p = data.predictions[0];
+  if ("label" in p) {
+    const rows = Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]);
+    return `<p>label: <b id="label">${esc(p.label)}</b></p>` + rows.map(([k, v]) =>
+      `<div class="bar"><span>${esc(k)}</span><div style="width:${(v * 20).toFixed(1)}rem"></div><span>${v.toFixed(3)}</span></div>`).join("");
+  }
+  if ("score" in p && !("answer" in p)) return `<p>score: <b>${p.score.toFixed(4)}</b></p>`;
+  if ("entities" in p) {
+    const text = body(route).texts[0];
+    let out = "", at = 0;
+    for (const e of p.entities) { out += esc(text.slice(at, e.start)) + `<mark>${esc(e.entity)}<small>${esc(e.label)}</small></mark>`; at = e.end; }
+    return `<p>${p.entities.length} entit${p.entities.length === 1 ? "y" : "ies"}:</p><p>${out + esc(text.slice(at))}</p>`;
+  }
+  return `<p>answer: <b>${esc(p.answer || "(no answer)")}</b> (score ${Number(p.score).toFixed(3)})</p>`;
+}
+async function run() {
+  const route = $("route").value, headers = {"Content-Type": "application/json"};
+  if ($("key").value) headers.Authorization = "Bearer " + $("key").value;
+  $("run").disabled = true; $("status").textContent = "running…";
+  const t0 = performance.now();
+  try {
+    const resp = await fetch("/v1/" + route, {method: "POST", headers, body: JSON.stringify(body(route))});
+    const data = await resp.json();
+    const ms = performance.now() - t0;
+    $("status").textContent = `${resp.status} · ${ms.toFixed(0)} ms`;
+    $("status").dataset.latencyMs = ms.toFixed(1);
+    $("result").textContent = JSON.stringify(data, null, 2);
+    $("result").classList.remove("hidden");
+    $("summary").innerHTML = resp.ok ? summarise(route, data)
+      : `<p class="error">${esc(data.error ? data.error.code + ": " + data.error.message : resp.statusText)}</p>`;
+  } catch (err) {
+    $("status").textContent = "";
+    $("summary").innerHTML = `<p class="error">${esc(err)}</p>`;
+  } finally {
+    $("run").disabled = false;
+  }
+}
+$("run").addEventListener("click", run);
+$("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) run(); });
+</script>
+</body>
+</html>
+"""
+
+
+def render_page(info: dict, auth: bool) -> str:
+    """The page for a model described by ``info`` (:meth:`ServedModel.info`)."""
+    # "</" inside the JSON would end the <script> element early.
+    data = json.dumps({**info, "auth": auth}).replace("</", "<\\/")
+    return _PAGE.replace("__NAME__", html.escape(str(info.get("name", "")))).replace("__INFO__", data)

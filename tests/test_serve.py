@@ -1,0 +1,495 @@
+"""`bertkit serve` end to end: real uvicorn processes on 127.0.0.1 serving tiny folders
+(classification with API keys and tight limits, NER without keys, a pretraining folder).
+
+Checked: auth (no key, wrong key -> 401, right key -> 200); answers equal the library's
+(predict_folder, embed, fill_mask) in input order; every bad-input case -> the documented 4xx
+JSON error and the next good request still succeeds; concurrent requests are micro-batched;
+/metrics counts what happened; JSON access logs never hold keys; a public address without keys
+is refused; SIGTERM lets an in-flight request finish. The batcher, limits and key checks are
+also tested in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+
+from _serve_helpers import REPO, ServerProcess, make_folder
+from bertkit.inference import embed, fill_mask, load_for_inference
+from bertkit.modeling.bert import (BertForMaskedLM, BertForPreTraining,
+                                   BertForSequenceClassification, BertForTokenClassification,
+                                   BertModel)
+from bertkit.serve.auth import KeyChecker, check_bind, is_loopback, load_api_keys
+from bertkit.serve.batching import MicroBatcher, length_buckets
+from bertkit.training.finetune import predict_folder
+
+KEYS = ["test-key-one-1234", "test-key-two-5678"]
+AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+CLF_LIMITS = ["--max-texts", "8", "--max-chars", "200", "--max-body-bytes", "4000"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    return {"clf": make_folder(root / "clf", BertForSequenceClassification, "classification",
+                               ["neg", "neutral", "pos"]),
+            "ner": make_folder(root / "ner", BertForTokenClassification, "ner",
+                               ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], seed=1),
+            "pre": make_folder(root / "pre", BertForPreTraining, seed=2),
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def servers(folders):
+    """The three servers, started together (startup is mostly importing torch)."""
+    root = folders["root"]
+    keys_file = root / "keys.txt"
+    keys_file.write_text(f"# test keys\n{KEYS[0]}\n\n{KEYS[1]}\n", encoding="utf-8")
+    started = {
+        # a long max wait so that concurrent requests surely meet in one batch
+        "clf": ServerProcess(folders["clf"], root / "clf.log", "--api-keys-file", str(keys_file),
+                             "--max-wait-ms", "40", *CLF_LIMITS).start(),
+        "ner": ServerProcess(folders["ner"], root / "ner.log").start(),
+        # the max wait holds a lone request in the batcher: the graceful-shutdown test's window
+        "pre": ServerProcess(folders["pre"], root / "pre.log", "--max-wait-ms", "700").start(),
+    }
+    try:
+        for server in started.values():
+            server.wait_ready()
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def clf(servers):
+    with httpx.Client(base_url=servers["clf"].url, timeout=30) as client:
+        yield client
+
+
+def good_request(client: httpx.Client) -> None:
+    r = client.post("/v1/predict", json={"texts": ["hello world"]}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] in ("neg", "neutral", "pos")
+
+
+# =========================================================================== open routes
+
+
+def test_health_ready_docs_and_page(clf):
+    assert clf.get("/healthz").json() == {"status": "ok"}
+    ready = clf.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["task"] == "classification"
+    assert clf.get("/docs").status_code == 200
+    paths = clf.get("/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v1/embed", "/v1/fill-mask", "/healthz", "/readyz"} <= set(paths)
+    page = clf.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="text"' in page.text and '"task": "classification"' in page.text
+
+
+# =========================================================================== auth
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-123456"},
+                                     {"Authorization": KEYS[0]},
+                                     {"Authorization": f"Basic {KEYS[0]}"},
+                                     {"Authorization": f"Bearer {KEYS[0]}x"}],
+                         ids=["none", "wrong", "no-scheme", "basic", "longer"])
+def test_v1_routes_need_a_key(clf, headers):
+    for method, path in (("POST", "/v1/predict"), ("POST", "/v1/embed"), ("GET", "/v1/info")):
+        r = clf.request(method, path, json={"texts": ["hello"]}, headers=headers)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+    good_request(clf)
+
+
+def test_every_key_of_the_file_works(clf):
+    for key in KEYS:
+        r = clf.post("/v1/predict", json={"texts": ["hi"]},
+                     headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+    assert clf.get("/v1/info", headers=AUTH).json()["labels"] == ["neg", "neutral", "pos"]
+
+
+# =========================================================================== answers
+
+
+def test_predict_equals_bertkit_predict_in_input_order(clf, folders):
+    texts = ["The café was hello world", "hello", "naïve Straße, the end!" * 3, "日本"]
+    r = clf.post("/v1/predict", json={"texts": texts}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    served = r.json()["predictions"]
+    expected = predict_folder(folders["clf"], texts=texts, device="cpu")
+    assert [p["label"] for p in served] == [p["label"] for p in expected]
+    for got, want in zip(served, expected):
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    pairs = ["world", "the", "cafe", "x"]
+    r = clf.post("/v1/predict", json={"texts": texts, "text_pairs": pairs}, headers=AUTH)
+    expected = predict_folder(folders["clf"], texts=texts, text_pairs=pairs, device="cpu")
+    for got, want in zip(r.json()["predictions"], expected):
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+
+
+def test_embed_equals_bertkit_embed(clf, folders):
+    texts = ["hello world", "The café", "a"]
+    model, tokenizer = load_for_inference(folders["clf"], BertModel, device="cpu")
+    expected = embed(model, tokenizer, texts)
+    r = clf.post("/v1/embed", json={"texts": texts}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert torch.allclose(torch.tensor(r.json()["embeddings"]), expected, atol=1e-5)
+    r = clf.post("/v1/embed", json={"texts": texts, "normalize": True}, headers=AUTH)
+    norms = torch.tensor(r.json()["embeddings"]).norm(dim=-1)
+    assert torch.allclose(norms, torch.ones(3), atol=1e-5)
+
+
+def test_concurrent_requests_share_forward_passes(clf, folders):
+    texts = [f"hello {'world ' * i}the end" for i in range(16)]
+    expected = predict_folder(folders["clf"], texts=texts, device="cpu")
+    before = metric_values(clf.get("/metrics").text)
+
+    def one(text):
+        r = clf.post("/v1/predict", json={"texts": [text]}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        return r.json()["predictions"][0]
+
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(one, texts))
+    for got, want in zip(served, expected):  # each request got its own text's answer
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    after = metric_values(clf.get("/metrics").text)
+    calls = delta(before, after, "bertkit_batch_requests_count", route="predict")
+    requests = delta(before, after, "bertkit_batch_requests_sum", route="predict")
+    assert requests == 16 and calls < 16, (calls, requests)  # some calls held several requests
+
+
+# =========================================================================== bad input
+
+BAD = [  # (route, body: bytes | JSON value, status, code)
+    ("/v1/predict", b"", 400, "empty_body"),
+    ("/v1/predict", b'\xff\xfe{"texts": ["a"]}', 400, "invalid_utf8"),
+    ("/v1/predict", b'{"texts": ["a"', 400, "invalid_json"),
+    ("/v1/predict", [1, 2], 422, "invalid_type"),
+    ("/v1/predict", {}, 422, "missing_field"),
+    ("/v1/predict", {"texts": "just a string"}, 422, "invalid_type"),
+    ("/v1/predict", {"texts": []}, 422, "empty_input"),
+    ("/v1/predict", {"texts": ["  "]}, 422, "empty_text"),
+    ("/v1/predict", {"texts": ["ok", 7]}, 422, "invalid_type"),
+    ("/v1/predict", {"texts": [None]}, 422, "invalid_type"),
+    ("/v1/predict", {"texts": ["a"], "txet_pairs": ["b"]}, 422, "unknown_field"),
+    ("/v1/predict", {"texts": ["a", "b"], "text_pairs": ["c"]}, 422, "length_mismatch"),
+    ("/v1/predict", b'{"texts": ["\\ud800 lone"]}', 422, "invalid_text"),
+    ("/v1/predict", {"texts": ["a"] * 9}, 413, "too_many_texts"),
+    ("/v1/predict", {"texts": ["a" * 201]}, 413, "text_too_long"),
+    ("/v1/predict", {"texts": ["a " * 2500]}, 413, "body_too_large"),
+    ("/v1/embed", {"texts": ["a"], "normalize": "yes"}, 422, "invalid_type"),
+    ("/v1/fill-mask", {"texts": ["a [MASK]"]}, 404, "no_mlm_head"),
+    ("/v1/nothing-here", {"texts": ["a"]}, 404, "not_found"),
+]
+
+
+@pytest.mark.parametrize("route, body, status, code", BAD, ids=[f"{c}-{i}" for i, (_, _, _, c)
+                                                               in enumerate(BAD)])
+def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(clf, route, body, status, code):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = clf.post(route, content=content, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and len(error["message"]) > 10
+    good_request(clf)
+
+
+def test_chunked_body_over_the_limit_and_wrong_method(clf):
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = clf.post("/v1/predict", content=chunks(), headers=AUTH)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = clf.get("/v1/predict", headers=AUTH)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    good_request(clf)
+
+
+# =========================================================================== metrics, logs
+
+
+def metric_values(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return values
+
+
+def delta(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_count_what_happened(clf):
+    before = metric_values(clf.get("/metrics").text)
+    long_text = "ab " * 66  # 132 word pieces: over the folder's 128 tokens, truncated
+    clf.post("/v1/predict", json={"texts": ["hello world", "the end", long_text]}, headers=AUTH)
+    clf.post("/v1/predict", json={"texts": ["x"]})                               # 401
+    clf.post("/v1/predict", json={"texts": []}, headers=AUTH)                    # 422
+    clf.post("/v1/embed", json={"texts": ["hello"]}, headers=AUTH)
+    after = metric_values(clf.get("/metrics").text)
+    predict = dict(route="/v1/predict", method="POST")
+    assert delta(before, after, "bertkit_requests_total", **predict, status="200") == 1
+    assert delta(before, after, "bertkit_requests_total", **predict, status="401") == 1
+    assert delta(before, after, "bertkit_requests_total", **predict, status="422") == 1
+    assert delta(before, after, "bertkit_requests_total", route="/v1/embed", method="POST",
+                 status="200") == 1
+    assert delta(before, after, "bertkit_request_duration_seconds_count",
+                 route="/v1/predict") == 3
+    assert delta(before, after, "bertkit_inputs_total", route="predict") == 3
+    assert delta(before, after, "bertkit_inputs_total", route="embed") == 1
+    assert delta(before, after, "bertkit_truncated_inputs_total", route="predict") == 1
+    # [CLS] hello world [SEP] + [CLS] the end [SEP] (word pieces) + 128 of the long text
+    assert 128 + 8 <= delta(before, after, "bertkit_tokens_total", route="predict") <= 128 + 30
+    assert delta(before, after, "bertkit_batch_size_sum", route="predict") == 3
+    info = [labels for (name, labels) in after if name == "bertkit_model_info"]
+    assert dict(info[0])["task"] == "classification"
+
+
+def test_access_log_is_json_and_never_holds_a_key(clf, servers):
+    clf.post("/v1/predict", json={"texts": ["x"]}, headers={"Authorization": "Bearer s3cret-wrong"})
+    time.sleep(0.2)
+    log = servers["clf"].log()
+    for secret in (*KEYS, "s3cret-wrong"):
+        assert secret not in log
+    entries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    requests = [e for e in entries if e.get("event") == "request"]
+    assert any(e["status"] == 401 for e in requests)
+    ok = [e for e in requests if e["route"] == "/v1/predict" and e["status"] == 200]
+    assert ok and {"time", "request_id", "method", "path", "duration_ms", "inputs"} <= set(ok[0])
+    assert any(e.get("event") == "startup" and e["auth"] is True for e in entries)
+
+
+# =========================================================================== other folders
+
+
+def test_ner_server_answers_like_bertkit_predict(servers, folders):
+    texts = ["Hello world, the café in Straße", "the end", "x"]
+    with httpx.Client(base_url=servers["ner"].url, timeout=30) as client:  # no keys: open
+        r = client.post("/v1/predict", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        served = r.json()["predictions"]
+        assert served == predict_folder(folders["ner"], texts=texts, device="cpu")
+        for text, prediction in zip(texts, served):
+            for entity in prediction["entities"]:
+                assert text[entity["start"]:entity["end"]] == entity["entity"]
+        r = client.post("/v1/predict", json={"texts": ["a"], "text_pairs": ["b"]})
+        assert r.status_code == 422 and "NER" in r.json()["error"]["message"]
+        assert client.post("/v1/predict", json={"texts": ["still fine"]}).status_code == 200
+
+
+def test_pretraining_folder_serves_fill_mask_and_embed_but_not_predict(servers, folders):
+    model, tokenizer = load_for_inference(folders["pre"], BertForMaskedLM, device="cpu")
+    with httpx.Client(base_url=servers["pre"].url, timeout=30) as client:
+        texts = ["hello [MASK] world", "the [MASK] and [MASK]"]
+        r = client.post("/v1/fill-mask", json={"texts": texts, "top_k": 3})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert len(results) == 2 and [len(masks) for masks in results] == [1, 2]
+        for text, got in zip(texts, results):
+            want = fill_mask(model, tokenizer, text, 3)
+            assert [[c["token"] for c in m] for m in got] == [[c["token"] for c in m] for m in want]
+        r = client.post("/v1/embed", json={"texts": ["hello"]})
+        assert torch.allclose(torch.tensor(r.json()["embeddings"]),
+                              embed(model, tokenizer, ["hello"]), atol=1e-5)
+        r = client.post("/v1/predict", json={"texts": ["hello"]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "no_task_head"
+        assert "/v1/fill-mask" in r.json()["error"]["message"]
+        r = client.post("/v1/fill-mask", json={"texts": ["no mask here"]})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "no_mask_token"
+        r = client.post("/v1/fill-mask", json={"texts": ["a [MASK]"], "top_k": 0})
+        assert r.status_code == 422
+
+
+def test_sigterm_lets_the_request_in_flight_finish(servers):
+    server = servers["pre"]  # its 700 ms max wait keeps a lone request in the batcher
+    answer = {}
+
+    def request():
+        answer["response"] = httpx.post(server.url + "/v1/embed", json={"texts": ["hello"]},
+                                        timeout=30)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(0.3)  # the request is in the batcher now
+    # uvicorn exits by re-raising the signal once the shutdown is complete
+    assert server.stop() in (0, -signal.SIGTERM)
+    thread.join()
+    assert answer["response"].status_code == 200
+    assert '"event": "shutdown"' in server.log()
+
+
+def test_refuses_a_public_address_without_keys(folders):
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "bertkit", "serve", "--model", folders["clf"],
+                             "--host", "0.0.0.0", "--port", "1"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                 "PYTHONPATH": REPO})
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in result.stderr
+
+
+# =========================================================================== in process
+
+
+def test_adapter_folder_is_served(folders, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from bertkit import Tokenizer
+    from bertkit.peft import apply_peft, save_adapter
+    from bertkit.serve import ServeConfig, create_app
+    base = make_folder(tmp_path / "base", BertModel)
+    model = BertForSequenceClassification.from_pretrained(base, verbose=False,
+                                                          id2label={0: "neg", 1: "pos"})
+    model.config.extra["bertkit_task"] = "classification"
+    torch.manual_seed(3)
+    peft = apply_peft(model, "lora", base_model_folder=base, r=4)
+    adapter = tmp_path / "adapter"
+    save_adapter(peft, adapter)
+    Tokenizer.from_pretrained(base).save_pretrained(adapter)
+    texts = ["hello world", "the end"]
+    expected = predict_folder(str(adapter), texts=texts, device="cpu")
+    app = create_app(ServeConfig(model=str(adapter), device="cpu"))
+    with TestClient(app) as client:
+        r = client.post("/v1/predict", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        for got, want in zip(r.json()["predictions"], expected):
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+        assert client.post("/v1/embed", json={"texts": texts}).status_code == 200
+
+
+def test_onnx_runtime_is_served(folders, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from bertkit.compress.onnx import export_folder
+    from bertkit.serve import ServeConfig, create_app
+    folder = shutil.copytree(folders["clf"], tmp_path / "clf")
+    export_folder(folder)
+    texts = ["hello world", "the café"]
+    expected = predict_folder(str(folder), texts=texts, device="cpu")
+    with TestClient(create_app(ServeConfig(model=str(folder), runtime="onnx"))) as client:
+        r = client.post("/v1/predict", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        for got, want in zip(r.json()["predictions"], expected):
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
+        assert client.get("/v1/info").json()["runtime"] == "onnx"
+        r = client.post("/v1/embed", json={"texts": texts})
+        assert r.status_code == 404 and "--runtime torch" in r.json()["error"]["message"]
+
+
+def test_workers_factory_reads_the_settings_from_the_environment(folders, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from bertkit.serve.app import CONFIG_ENV, ServeConfig, app_from_env
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=CONFIG_ENV):
+        app_from_env()
+    monkeypatch.setenv(CONFIG_ENV, ServeConfig(model=folders["ner"], max_texts=2).to_json())
+    monkeypatch.setenv("BERTKIT_API_KEYS", KEYS[1])
+    with TestClient(app_from_env()) as client:
+        r = client.post("/v1/predict", json={"texts": ["a", "b", "c"]},
+                        headers={"Authorization": f"Bearer {KEYS[1]}"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_texts"
+        assert client.post("/v1/predict", json={"texts": ["a"]}).status_code == 401
+
+
+def test_micro_batcher_groups_splits_and_isolates_failures():
+    calls = []
+
+    def run(key, items):
+        calls.append((key, list(items)))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [f"{key}:{item}" for item in items]
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch=100, max_wait_ms=50)
+        await batcher.start()
+        jobs = [batcher.submit("a", ["1", "2"]), batcher.submit("a", ["3"]),
+                batcher.submit("b", ["4"]), batcher.submit("a", ["bad"])]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert results[:3] == [["a:1", "a:2"], ["a:3"], ["b:4"]]
+    assert isinstance(results[3], ValueError)
+    assert calls[0] == ("a", ["1", "2", "3", "bad"])       # one call for key a ...
+    assert ("b", ["4"]) in calls                             # ... one for b
+    assert ("a", ["1", "2"]) in calls and ("a", ["3"]) in calls  # the failed group, one by one
+
+    calls.clear()
+
+    async def unbatched():
+        batcher = MicroBatcher(run, max_wait_ms=50, enabled=False)
+        await batcher.start()
+        out = await asyncio.gather(batcher.submit("a", ["1"]), batcher.submit("a", ["2"]))
+        await batcher.stop()
+        return out
+
+    assert asyncio.run(unbatched()) == [["a:1"], ["a:2"]]
+    assert calls == [("a", ["1"]), ("a", ["2"])]
+
+
+def test_length_buckets_group_similar_lengths():
+    lengths = [10, 100, 12, 95, 11, 40]
+    # 100, 95, 40: 22% of 300 padded tokens are padding (<= 25%); adding 12 would make it 38%
+    assert length_buckets(lengths, max_batch=32, max_padding=0.25) == [[1, 3, 5], [2, 4, 0]]
+    assert length_buckets(lengths, max_batch=32, max_padding=0.1) == [[1, 3], [5], [2, 4, 0]]
+    assert length_buckets(lengths, max_batch=2, max_padding=1.0) == [[1, 3], [5, 2], [4, 0]]
+    assert length_buckets([7] * 5, max_batch=32, max_padding=0.0) == [[0, 1, 2, 3, 4]]
+    assert length_buckets([], max_batch=4) == []
+
+
+def test_keys_and_bind_rules(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text("# comment\nfirst-key-abc\n\nfirst-key-abc\n", encoding="utf-8")
+    assert load_api_keys(str(path), environ={"BERTKIT_API_KEYS": "env-key-12345, x-key-67890"}) \
+        == ["first-key-abc", "env-key-12345", "x-key-67890"]
+    path.write_text("tiny\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 1") as error:
+        load_api_keys(str(path), environ={})
+    assert "tiny" not in str(error.value)  # a key is never echoed
+    checker = KeyChecker(["first-key-abc"])
+    assert checker.check("Bearer first-key-abc") and checker.check("bearer first-key-abc")
+    assert not checker.check(None) and not checker.check("Bearer first-key-ab")
+    assert KeyChecker([]).check(None)  # no keys: open
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    check_bind("127.0.0.1", [], insecure=False)
+    check_bind("0.0.0.0", ["k"], insecure=False)
+    check_bind("0.0.0.0", [], insecure=True)
+    with pytest.raises(ValueError, match="--insecure"):
+        check_bind("0.0.0.0", [], insecure=False)
