@@ -10,7 +10,7 @@ file of the folder's task) both models are also scored on it.
 --model is a fine-tuned folder (e.g. `bertkit finetune --task classification` on MiniLM);
 without it MiniLM gets a fresh 9-class head, which is fine for speed but its scores mean nothing.
 
-Run:  python benchmarks/quantize.py --model /work/runs/minilm-clf --data /work/data/task/dev.jsonl
+Run:  python benchmarks/quantize.py --model minilm-clf --data bertkit-demo/task/dev.jsonl
       [--batch-sizes 1,8,32] [--lengths 32,128] [--repeats 7] [--threads 2]
 """
 

@@ -113,7 +113,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.schedule is None:
         args.schedule = "inverse_sqrt" if args.task == "translation" else "linear"
     if args.lr is None:
-        args.lr = 1e-3 if args.task == "translation" else 5e-5  # from scratch needs ~1e-3
+        if args.task == "translation":
+            args.lr = 1e-3  # from scratch needs ~1e-3
+        elif args.peft:
+            from bertkit.peft import DEFAULT_LR
+            args.lr = DEFAULT_LR[args.peft]
+        else:
+            args.lr = 5e-5
     if args.task == "translation":
         return cmd_finetune_translation(args)
     if args.model is None:
@@ -302,7 +308,7 @@ def add_training_args(p: argparse.ArgumentParser, *, lr: float | None, batch_siz
     g.add_argument("--time-budget", help="stop after this long, e.g. 10m, 90s, 1h30m; the "
                    "learning-rate schedule is planned to end at the budget")
     g.add_argument("--lr", type=float, default=lr,
-                   help="peak learning rate (default " + (f"{lr})" if lr else "5e-5; translation 1e-3)"))
+                   help="peak learning rate (default " + (f"{lr})" if lr else "5e-5; translation 1e-3; --peft: 2e-3 lora, 1e-3 adapter/adalora/bitfit, 1e-2 prefix)"))
     g.add_argument("--batch-size", type=int, default=batch_size, help="examples per step and process")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--warmup-ratio", type=float, default=warmup_ratio)
