@@ -38,6 +38,17 @@ def minilm_folder() -> str:
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread, restored after the module. Models of hidden
+    size 32 are overhead-bound: a second thread only adds OpenMP synchronisation, and on a
+    busy 2-core machine every op waits for it (measured 10-25x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_config() -> BertConfig:
     """A fresh tiny config (function scope: tests may change it)."""

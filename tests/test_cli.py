@@ -8,19 +8,13 @@ import json
 import random
 
 import pytest
-import torch
 
 from bertkit.cli import main as cli
 from tests.test_finetune import classification_records, tiny_model_folder, write_jsonl
 from tests.test_translation import number_in_words
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models are overhead-bound; see test_finetune.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def test_every_command_has_help(capsys):

@@ -45,14 +45,7 @@ def _quiet(out_dir, **overrides) -> TrainingConfig:
     return TrainingConfig(**settings)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a busy machine every op would
-    # wait for it (OpenMP): one thread keeps this file's time steady.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 @pytest.fixture(scope="module")

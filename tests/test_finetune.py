@@ -6,7 +6,6 @@ early stopping and the best checkpoint; bad-input messages."""
 import json
 import os
 import random
-import warnings
 
 import pytest
 import torch
@@ -32,14 +31,7 @@ VOCAB = list(dict.fromkeys(SPECIALS + FILLER + POSITIVE + NEGATIVE + NEUTRAL + P
                            + PLACES[:3] + COLORS[:4] + PIECES))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Models of hidden size 32 are overhead-bound: a second thread only adds synchronisation
-    # (and on a busy 2-core machine it costs 10x). Restored after the module.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def tiny_model_folder(path, vocab=VOCAB, vocab_size=None):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertkit import (BertConfig, BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
+from bertkit import (BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
                      BertForSequenceClassification, BertForTokenClassification, BertModel,
                      Tokenizer)
 from bertkit.modeling.layers import attention, causal_mask_bias, padding_mask_bias

@@ -28,13 +28,7 @@ HEADS = [BertModel, BertForSequenceClassification, BertForTokenClassification,
          BertForQuestionAnswering, BertForMaskedLM]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are overhead-bound; a second thread only adds synchronisation on 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def tiny_config(**kw) -> BertConfig:

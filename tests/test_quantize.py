@@ -21,12 +21,7 @@ from tests.conftest import TINY
 HARD = "bert.encoder.layer.0.output.dense"  # the layer _make_hard_to_quantize sabotages
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models are overhead-bound; see test_finetune.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def _batch(seed: int = 0, batch: int = 4, length: int = 12) -> dict[str, torch.Tensor]:

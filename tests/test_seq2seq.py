@@ -31,14 +31,7 @@ V = 23  # an odd vocabulary size catches shape bugs
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are overhead-bound: a second thread only adds synchronisation (and on a busy
-    # 2-core machine it costs 10x). Restored after the module.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def tiny_config(**overrides) -> Seq2SeqConfig:

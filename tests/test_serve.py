@@ -37,12 +37,7 @@ AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
 CLF_LIMITS = ["--max-texts", "8", "--max-chars", "200", "--max-body-bytes", "4000"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 @pytest.fixture(scope="module")

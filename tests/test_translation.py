@@ -34,13 +34,7 @@ WORDS = sorted(set(ONES + TENS[2:] + ["hundred"]))
 DEVICE = "cpu"  # the thresholds and exact comparisons below were measured in fp32 on a CPU
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are overhead-bound: a second thread only adds synchronisation.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.py
 
 
 def number_in_words(n: int) -> str:
