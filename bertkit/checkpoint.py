@@ -9,8 +9,8 @@ shape by shape, failing loudly with the offending key.
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bertkit.config import BertConfig
+from bertkit.config import CONFIG_NAME, BertConfig
+from bertkit.jsonfile import read_json_object
+from bertkit.outputs import as_user_file
+from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -144,25 +147,111 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     legacy = os.path.join(folder, TORCH_WEIGHTS_NAME)
     if os.path.isfile(single) or os.path.isfile(index):
         from safetensors.torch import load_file
-        if os.path.isfile(single):
-            files = [single]
-        else:
-            with open(index, encoding="utf-8") as f:
-                files = [os.path.join(folder, name)
-                         for name in sorted(set(json.load(f)["weight_map"].values()))]
+        files = [single] if os.path.isfile(single) else shard_files(folder)
         state: dict[str, torch.Tensor] = {}
         for path in files:
             try:
                 state.update(load_file(path))
             except Exception as e:
-                raise ValueError(f"cannot read {path}: {e}") from None
+                raise ValueError(f"cannot read {path}: {_one_line(e)}") from None
         return state
     if os.path.isfile(legacy):
-        try:
-            return torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read {legacy} as a weights-only checkpoint: {e}") from None
+        return _read_torch_weights(legacy)
     raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME} or {TORCH_WEIGHTS_NAME}")
+
+
+def shard_files(folder: str | os.PathLike) -> list[str]:
+    """The shard paths ``folder/model.safetensors.index.json`` names, each checked to be a plain
+    file name that resolves inside ``folder``: an index must not make bertkit open
+    ``../other/model.safetensors`` or ``/etc/passwd``."""
+    folder = os.fspath(folder)
+    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise ValueError(f"{index}: weight_map must be a non-empty object mapping tensor names to "
+                         "shard file names")
+    inside = os.path.realpath(folder)
+    paths = []
+    for name in sorted(set(weight_map.values())):
+        path = os.path.join(folder, name)
+        plain = name not in ("", ".", "..") and not any(
+            sep in name for sep in ("/", "\\", os.sep, os.altsep or "/"))
+        if not plain or os.path.dirname(os.path.realpath(path)) != inside:
+            raise ValueError(f"{index}: weight_map names {name[:200]!r}, which is not a file in "
+                             f"{folder}; shards must be plain file names inside the model folder")
+        paths.append(path)
+    return paths
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an error's message, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_torch_weights(path: str) -> dict[str, torch.Tensor]:
+    """A ``pytorch_model.bin`` read with ``weights_only=True``, checked to be a flat dict of
+    tensors; anything else is a one-line ValueError naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is many lines with colour codes: keep only what it refused.
+        blocked = re.search(r"GLOBAL (\S+)", str(e))
+        refused = f" (it refers to {blocked.group(1)})" if blocked else ""
+        raise ValueError(
+            f"{path} is not a plain tensor checkpoint{refused} and bertkit never runs code from a "
+            "checkpoint; if you trust the file, load it yourself with torch.load(path, "
+            "weights_only=False) and save the model as safetensors (model.save_pretrained(folder) "
+            "or safetensors.torch.save_file)") from None
+    except Exception as e:
+        raise ValueError(f"cannot read {path} as a weights-only checkpoint: "
+                         f"{_one_line(e)}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a plain tensor checkpoint: it holds a "
+                         f"{type(state).__name__}, not tensors by name")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path} is not a plain tensor checkpoint: {str(key)[:100]!r} holds a "
+                             f"{type(value).__name__}, not a tensor")
+    return state
+
+
+# ---------------------------------------------------------------------------- vocab vs model
+# A vocab_size a little above the vocab's length is padding, not a mismatch: vocab sizes are
+# often rounded up to a multiple of 8, 64 or 128 so the embedding and output matmuls run on
+# tensor cores (30522 -> 30528). Fewer than 128 spare rows and a multiple of 8 reads as that.
+PADDING_MULTIPLE = 8
+MAX_PADDING_ROWS = 128
+
+
+def check_vocab_fits(tokenizer: Any, config: BertConfig, folder: str | os.PathLike) -> None:
+    """Refuse a tokenizer whose vocab does not match the model's embedding table.
+
+    More tokens than ``config.vocab_size``: ids past the table, a ValueError. Fewer: a ValueError
+    too (the vocab belongs to another model), unless the spare rows are plausibly padding
+    (``vocab_size`` a multiple of 8 and fewer than 128 spare rows): then a one-line
+    ``UserWarning``. Messages name the folder, the vocab file and ``vocab_size``.
+    """
+    folder = os.fspath(folder)
+    tokens, rows = tokenizer.vocab_size, config.vocab_size
+    if tokens == rows:
+        return
+    vocab_file = VOCAB_NAME if os.path.isfile(os.path.join(folder, VOCAB_NAME)) else \
+        TOKENIZER_JSON_NAME
+    mismatch = (f"{folder}: {vocab_file} has {tokens} tokens but the model's vocab_size is {rows} "
+                f"({CONFIG_NAME})")
+    if tokens > rows:
+        raise ValueError(f"{mismatch}: the vocab does not belong to this model (token ids past the "
+                         "embedding table)")
+    spare = rows - tokens
+    if rows % PADDING_MULTIPLE == 0 and spare < MAX_PADDING_ROWS:
+        warnings.warn(f"{mismatch}: taking the {spare} spare embedding rows for padding (a vocab "
+                      f"size rounded up to a multiple of {PADDING_MULTIPLE}); if predictions look "
+                      "wrong, check that the vocab belongs to this model", stacklevel=2)
+        return
+    raise ValueError(f"{mismatch}: the vocab does not belong to this model ({spare} embedding "
+                     "rows no token uses)")
 
 
 @dataclass
@@ -297,3 +386,4 @@ def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
     config.architectures = [type(model).__name__]
     config.save_pretrained(folder)
     save_file(hf_state_dict(model), os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+    as_user_file(os.path.join(folder, WEIGHTS_NAME))

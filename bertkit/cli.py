@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
     if getattr(args, "file", None):
-        with open(args.file, encoding="utf-8") as f:
-            texts += [line.rstrip("\n") for line in f if line.strip()]
+        if not os.path.isfile(args.file):
+            raise FileNotFoundError(f"--file {args.file} is not a file")
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                texts += [line.rstrip("\n") for line in f if line.strip()]
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--file {args.file} is not UTF-8 text (byte {e.start})") from None
     if not texts:
         raise ValueError("no input text: give TEXT arguments or --file")
     return texts
+
+
+OVERWRITE_HELP = ("replace an existing non-empty --out (as a whole, at the end of a successful "
+                  "run); without it such a folder is refused")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -50,12 +61,15 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
-    import os
+    from bertkit.outputs import check_output_folder, output_folder
     from bertkit.tokenizer import Tokenizer
     files = _corpus_files(args.corpus)
+    inputs = [("--corpus", path) for path in files]
+    check_output_folder(args.out, inputs=inputs, overwrite=args.overwrite)
     tokenizer = Tokenizer.train(files, vocab_size=args.vocab_size, lowercase=not args.cased,
                                 min_frequency=args.min_frequency)
-    tokenizer.save_pretrained(args.out)
+    with output_folder(args.out, inputs=inputs, overwrite=args.overwrite) as staging:
+        tokenizer.save_pretrained(staging)
     print(f"trained a WordPiece vocab of {tokenizer.vocab_size} tokens on {len(files)} file(s); "
           f"wrote {os.path.join(args.out, 'vocab.txt')}")
     sample = "Tokenizers split unbelievably long words into pieces."
@@ -64,7 +78,6 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
 def _corpus_files(corpus: list[str]) -> list[str]:
     """Expand ``--corpus`` arguments: paths, or ``default`` for the standard-library corpus."""
-    import os
     files = []
     for item in corpus:
         if item == "default":
@@ -94,7 +107,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         model_size=args.model_size, model_config=args.config, max_seq_length=args.max_seq_length,
         nsp=not args.no_nsp, mask_prob=args.mask_prob, whole_word_mask=args.whole_word_mask,
         short_seq_prob=args.short_seq_prob)
-    result = run_pretraining(cfg, _training_config(args), resume_from=args.resume)
+    result = run_pretraining(cfg, _training_config(args), resume_from=args.resume,
+                             overwrite=args.overwrite)
     if result.train.checkpoint_dir is None:
         return  # not rank 0
     heldout = result.metrics
@@ -129,7 +143,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                          test=args.test, max_length=args.max_length, doc_stride=args.doc_stride,
                          max_answer_length=args.max_answer_length, patience=args.patience,
                          metric=args.metric, peft=args.peft, peft_options=_peft_options(args))
-    result = run_finetuning(cfg, _training_config(args, epochs=3.0), resume_from=args.resume)
+    result = run_finetuning(cfg, _training_config(args, epochs=3.0), resume_from=args.resume,
+                            overwrite=args.overwrite)
     print(f"model folder: {result.out_dir} (metrics.json, report.txt, curves.png)")
 
 
@@ -149,7 +164,7 @@ def _peft_options(args: argparse.Namespace) -> dict:
 
 def cmd_merge_lora(args: argparse.Namespace) -> None:
     from bertkit.peft import merge_lora
-    result = merge_lora(args.adapter, args.out, base=args.base)
+    result = merge_lora(args.adapter, args.out, base=args.base, overwrite=args.overwrite)
     print(f"merged {args.adapter} into {result['out_dir']} (merged vs unmerged outputs differ by "
           f"at most {result['max_abs_diff']:.1e} on a probe batch)")
 
@@ -168,11 +183,12 @@ def cmd_finetune_translation(args: argparse.Namespace) -> None:
         metric=args.metric or "bleu", patience=args.patience)
     # The paper's Adam settings (Vaswani et al., section 5.3).
     training = _training_config(args, epochs=10.0, adam_betas=(0.9, 0.98), adam_eps=1e-9)
-    run_translation(cfg, training, resume_from=args.resume)
+    result = run_translation(cfg, training, resume_from=args.resume, overwrite=args.overwrite)
+    if result.train.checkpoint_dir is not None:  # rank 0
+        print(f"model folder: {result.out_dir} (metrics.json, metrics.jsonl, curves.png)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import os
     from bertkit.training.finetune import evaluate_folder, folder_task, print_report
     name = os.path.splitext(os.path.basename(args.data))[0]
     output = os.path.join(args.model, f"eval_{name}.json")
@@ -232,13 +248,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
         insecure=args.insecure, batching=not args.no_batching, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_padding=args.max_padding,
         max_texts=args.max_texts, max_chars=args.max_chars,
-        max_body_bytes=args.max_body_bytes, graceful_timeout=args.graceful_timeout))
+        max_body_bytes=args.max_body_bytes, graceful_timeout=args.graceful_timeout,
+        max_queued_tokens=args.max_queued_tokens, request_timeout=args.request_timeout,
+        allowed_hosts=args.allowed_hosts))
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from bertkit.compress.prune import run_pruning
     run_pruning(args.model, args.out, heads=args.heads, sparsity=args.sparsity, data=args.data,
-                scope=args.scope, batch_size=args.batch_size)
+                scope=args.scope, batch_size=args.batch_size, overwrite=args.overwrite)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -247,15 +265,15 @@ def cmd_distill(args: argparse.Namespace) -> None:
                         student_layers=args.student_layers, student_size=args.student_size,
                         temperature=args.temperature, alpha=args.alpha,
                         hidden_weight=args.hidden_weight)
-    run_distillation(cfg, _training_config(args, epochs=3.0))
+    run_distillation(cfg, _training_config(args, epochs=3.0), overwrite=args.overwrite)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import os
     from bertkit.compress.onnx import export_folder
     print(f"exporting {args.model} to ONNX (opset {args.opset}) and checking it in onnxruntime ...",
           flush=True)
-    r = export_folder(args.model, args.out, opset=args.opset, atol=args.atol)
+    r = export_folder(args.model, args.out, opset=args.opset, atol=args.atol,
+                      overwrite=args.overwrite)
     print(f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB): {r.architecture}, inputs input_ids, "
           f"attention_mask, token_type_ids (batch, sequence) -> {', '.join(r.outputs)}")
     print(f"onnxruntime agrees with PyTorch on probe batches of other shapes, with padding: "
@@ -272,7 +290,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
           flush=True)
     r = quantize_folder(args.model, args.out, data=args.data, max_drop=args.max_drop,
                         batch_size=args.batch_size, max_layer_error=args.max_layer_error,
-                        keep_fp32=args.keep_fp32, probe_size=args.probe_size)
+                        keep_fp32=args.keep_fp32, probe_size=args.probe_size,
+                        overwrite=args.overwrite)
     total = len(r.fp32_modules) + len(r.quantized_modules)
     print(f"int8: {len(r.quantized_modules)} of {total} layers; kept fp32 (output error > "
           f"{r.max_layer_error:g} alone, or asked): "
@@ -295,7 +314,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from bertkit.demo import run_demo
     run_demo(out_dir=args.out, quick=args.quick, time_budget=args.time_budget,
-             minilm=False if args.no_minilm else None, progress=not args.no_progress)
+             minilm=False if args.no_minilm else None, progress=not args.no_progress,
+             overwrite=args.overwrite)
 
 
 def add_training_args(p: argparse.ArgumentParser, *, lr: float | None, batch_size: int,
@@ -317,13 +337,16 @@ def add_training_args(p: argparse.ArgumentParser, *, lr: float | None, batch_siz
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: every epoch)")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: at the end)")
-    g.add_argument("--keep-last", type=int, default=2, help="checkpoints to keep")
+    g.add_argument("--keep-last", type=int, help="checkpoints to keep (default 2; --peft: 1, "
+                   "so that a PEFT run's folder stays the size of its adapter)")
     g.add_argument("--log-every", type=int, default=10, help="log the training loss every N steps")
     g.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
                    help="auto: bf16/fp16 on CUDA, fp32 on CPU")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--resume", metavar="DIR", help="continue from a checkpoint or a run folder")
+    g.add_argument("--resume", metavar="DIR", help="continue from a checkpoint or a run folder "
+                   "(OUT, or OUT.partial where an interrupted run is kept)")
+    g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -350,13 +373,16 @@ def add_translation_args(p: argparse.ArgumentParser) -> None:
 def _training_config(args: argparse.Namespace, **overrides):
     from bertkit.training.trainer import TrainingConfig
     default_epochs = overrides.pop("epochs", 1.0)
+    keep_last = args.keep_last
+    if keep_last is None:
+        keep_last = 1 if getattr(args, "peft", None) else 2
     if args.max_steps is None and args.epochs is None and args.time_budget is None:
         args.epochs = default_epochs
     return TrainingConfig(
         out_dir=args.out, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_ratio=args.warmup_ratio, batch_size=args.batch_size, grad_accum_steps=args.grad_accum,
         max_steps=args.max_steps, epochs=args.epochs, time_budget=args.time_budget,
-        eval_every=args.eval_every, save_every=args.save_every, keep_last=args.keep_last,
+        eval_every=args.eval_every, save_every=args.save_every, keep_last=keep_last,
         log_every=args.log_every,
         mixed_precision=args.mixed_precision, device=args.device, seed=args.seed,
         progress_bar=not args.no_progress, **overrides)
@@ -398,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--cased", action="store_true", help="keep case and accents")
     p.add_argument("--out", required=True, help="folder to write vocab.txt and tokenizer_config.json")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_train_tokenizer)
 
     p = commands.add_parser("prepare-corpus", help="tokenize text files into memory-mapped shards",
@@ -507,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True, help="a folder from `finetune --peft lora|adalora`")
     p.add_argument("--out", required=True)
     p.add_argument("--base", help="the base model folder (default: the one the adapter names)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_merge_lora)
 
     p = commands.add_parser("serve", help="serve a model folder over HTTP (FastAPI + uvicorn)",
@@ -548,6 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on shutdown "
                         "(default 30)")
+    g.add_argument("--max-queued-tokens", type=int, default=65_536,
+                   help="tokens of requests queued or running at once; more get 429 with "
+                        "Retry-After (default 65536)")
+    g.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a request may wait for the model before a 503 (default 30)")
+    p.add_argument("--allowed-hosts", action="append", default=[], metavar="HOST",
+                   help="a Host name to answer besides the bound address, localhost, 127.0.0.1 "
+                        "and [::1] (repeat; '*': any)")
     p.set_defaults(func=cmd_serve)
 
     p = commands.add_parser("prune", help="prune attention heads or weights of a model folder",
@@ -567,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scope", choices=["global", "layer"], default="global",
                    help="--sparsity over all encoder weights at once, or per layer")
     p.add_argument("--batch-size", type=int, default=16, help="batch size for head importance")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_prune)
 
     p = commands.add_parser("distill", help="distil a fine-tuned classifier into a smaller one",
@@ -603,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the exporter's own)")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest max abs difference from PyTorch accepted (default 1e-4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("quantize", help="dynamic int8 quantization of a model folder (CPU)",
@@ -624,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an HF module name to keep fp32 regardless (repeatable)")
     p.add_argument("--probe-size", type=int, default=16, help="examples in the probe batch")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_quantize)
 
     p = commands.add_parser("demo", help="the whole pipeline on built-in data, no downloads",
@@ -637,15 +676,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-minilm", action="store_true",
                    help="skip fine-tuning the real all-MiniLM-L6-v2 weights even if installed")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not "
+                   "an earlier demo's folder")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as the user should see them: one line, no source location."""
+    return f"bertkit: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one line; a bug keeps its traceback
+    except (ValueError, OSError) as e:  # bad input: one line; a bug keeps its traceback
         print(f"bertkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,109 @@ MODEL_SIZES = {
     "medium": dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12),
 }
+
+
+# Upper bounds of the sizes a config may ask for: far above any released BERT (BERT-large has 24
+# layers, hidden 1024, 512 positions; multilingual vocabularies reach ~250k tokens), low enough
+# that a typo or a hostile config.json fails at once instead of hanging in a 10**9-layer build
+# loop or dying in an allocation traceback.
+SIZE_LIMITS = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 1 << 10,
+    "intermediate_size": 1 << 18,
+    "max_position_embeddings": 1 << 20,
+    "type_vocab_size": 1 << 10,
+}
+MAX_LABELS = 1 << 16
+# Sizes that pass one by one can still multiply into a model no machine holds (1M positions x
+# hidden 65536 = 275 GB); 2**33 parameters (34 GB in fp32) is ~25x the largest BERT released.
+MAX_PARAMETERS = 1 << 33
+
+
+class ConfigError(ValueError):
+    """A config value no model can be built from, naming the field.
+
+    ``str(error)`` is ``"BertConfig.num_hidden_layers must be ..."`` (a config built in code);
+    :meth:`in_file` words it for a config file: ``"PATH: num_hidden_layers must be ..."``.
+    """
+
+    def __init__(self, owner: str, field_name: str | None, problem: str):
+        self.owner, self.field_name, self.problem = owner, field_name, problem
+        super().__init__(f"{owner}.{field_name} {problem}" if field_name else f"{owner}: {problem}")
+
+    def in_file(self, path: str) -> ValueError:
+        """The same error as a one-line ValueError that names ``path`` and the field."""
+        return ValueError(f"{path}: {self.field_name} {self.problem}" if self.field_name
+                          else f"{path}: {self.problem}")
+
+
+def _shown(value: Any, kind: bool = True) -> str:
+    """``repr(value)`` cut to a readable length, with its JSON kind (``'0.1' (a string)``)
+    when it is not a number and ``kind`` is set."""
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    kinds = {str: "a string", list: "a list", dict: "an object", bool: "a boolean",
+             type(None): "null"}
+    name = kinds.get(type(value)) if kind else None
+    return f"{text} ({name})" if name else text
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    # An int is finite (and math.isfinite would overflow converting a huge one to float).
+    return isinstance(value, int) or math.isfinite(value)
+
+
+class FieldChecker:
+    """Checks of config fields that raise :class:`ConfigError` naming the field and the value
+    found; shared by every config dataclass (``FieldChecker("BertConfig")``)."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+
+    def fail(self, field_name: str | None, problem: str) -> None:
+        raise ConfigError(self.owner, field_name, problem)
+
+    def integer(self, field_name: str, value: Any, high: int, low: int = 1) -> None:
+        """``value`` is an int (not a bool) in [low, high]."""
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            rule = "a positive integer" if low == 1 else f"an integer >= {low}"
+            self.fail(field_name, f"must be {rule} <= {high}, got {_shown(value)}")
+
+    def fraction(self, field_name: str, value: Any) -> None:
+        """``value`` is a number in [0, 1) (a dropout probability)."""
+        if not _is_number(value) or not 0.0 <= value < 1.0:
+            self.fail(field_name, f"must be in [0, 1), got {_shown(value)}")
+
+    def positive(self, field_name: str, value: Any) -> None:
+        """``value`` is a finite number > 0."""
+        if not _is_number(value) or not value > 0:
+            self.fail(field_name, f"must be a positive number, got {_shown(value)}")
+
+    def non_negative(self, field_name: str, value: Any) -> None:
+        """``value`` is a finite number >= 0."""
+        if not _is_number(value) or not value >= 0:
+            self.fail(field_name, f"must be a number >= 0, got {_shown(value)}")
+
+    def parameter_count(self, parameters: int, sizes: dict[str, int]) -> None:
+        """A model of about ``parameters`` weights, from the fields ``sizes``, is at most
+        :data:`MAX_PARAMETERS`."""
+        if parameters > MAX_PARAMETERS:
+            named = ", ".join(f"{name} {value}" for name, value in sizes.items())
+            self.fail(None, f"the sizes ({named}) make a model of about "
+                            f"{parameters / 1e9:,.0f} billion parameters; bertkit builds at most "
+                            f"{MAX_PARAMETERS / 1e9:.1f} billion")
+
+    def string_list(self, field_name: str, value: Any) -> None:
+        """``value`` is a list of strings (JSON: an array of names)."""
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(field_name, f"must be a list of names (strings), got {_shown(value)}")
+
+
+_CHECK = FieldChecker("BertConfig")
 
 
 @dataclass
@@ -68,61 +173,69 @@ class BertConfig:
     def __post_init__(self) -> None:
         if self.id2label is not None:
             # JSON object keys are strings; HF stores id2label as {"0": "neg", ...}.
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = _label_names(self.id2label)
             if self.label2id is None:
                 self.label2id = {v: k for k, v in self.id2label.items()}
         if self.label2id is not None:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            self.label2id = _label_ids(self.label2id)
         if self.pruned_heads is not None:
-            # JSON keys are strings ({"0": [1, 3]}); empty lists carry nothing and are dropped.
-            self.pruned_heads = {int(k): sorted({int(h) for h in v})
-                                 for k, v in self.pruned_heads.items() if v}
+            self.pruned_heads = _pruned_heads(self.pruned_heads)
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending field if the config cannot build a model."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        """Raise :class:`ConfigError` (a ``ValueError``) naming the offending field if the
+        config cannot build a model."""
+        for name, high in SIZE_LIMITS.items():
+            _CHECK.integer(name, getattr(self, name), high)
         if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"BertConfig.hidden_act {self.hidden_act!r} is not supported; "
-                             f"choose one of {', '.join(SUPPORTED_ACTIVATIONS)}")
+            _CHECK.fail("hidden_size", f"({self.hidden_size}) must be divisible by "
+                                       f"num_attention_heads ({self.num_attention_heads})")
+        self._check_parameter_count()
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            _CHECK.fail("hidden_act", f"{_shown(self.hidden_act, kind=False)} is not supported; "
+                                      f"choose one of {', '.join(SUPPORTED_ACTIVATIONS)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"BertConfig.classifier_dropout must be in [0, 1), got "
-                             f"{self.classifier_dropout!r}")
-        if self.layer_norm_eps <= 0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"BertConfig.pad_token_id ({self.pad_token_id}) must be a token id "
-                             f"below vocab_size ({self.vocab_size})")
+            _CHECK.fraction(name, getattr(self, name))
+        if self.classifier_dropout is not None:
+            _CHECK.fraction("classifier_dropout", self.classifier_dropout)
+        _CHECK.positive("layer_norm_eps", self.layer_norm_eps)
+        _CHECK.non_negative("initializer_range", self.initializer_range)
+        pad = self.pad_token_id
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int)
+                                or not 0 <= pad < self.vocab_size):
+            _CHECK.fail("pad_token_id", f"must be a token id below vocab_size "
+                                        f"({self.vocab_size}), got {_shown(pad)}")
         if self.problem_type not in (None, *PROBLEM_TYPES):
-            raise ValueError(f"BertConfig.problem_type {self.problem_type!r} is not supported; "
-                             f"choose one of {', '.join(PROBLEM_TYPES)}")
-        for layer, heads in (self.pruned_heads or {}).items():
-            if not 0 <= layer < self.num_hidden_layers:
-                raise ValueError(f"BertConfig.pruned_heads names layer {layer}, but the model has "
-                                 f"{self.num_hidden_layers} layers")
-            if not all(0 <= h < self.num_attention_heads for h in heads):
-                raise ValueError(f"BertConfig.pruned_heads[{layer}] = {heads}: heads must be in "
-                                 f"[0, {self.num_attention_heads})")
-            if len(heads) == self.num_attention_heads:
-                raise ValueError(f"BertConfig.pruned_heads[{layer}] removes every head of layer "
-                                 f"{layer}; bertkit needs at least one head per layer")
+            _CHECK.fail("problem_type", f"{_shown(self.problem_type, kind=False)} is not "
+                                        f"supported; choose one of {', '.join(PROBLEM_TYPES)}")
+        if self.architectures is not None:
+            _CHECK.string_list("architectures", self.architectures)
+        self._check_pruned_heads()
         position_type = self.extra.get("position_embedding_type", "absolute")
         if position_type != "absolute":
-            raise ValueError(f"BertConfig.position_embedding_type {position_type!r} is not "
-                             "supported; bertkit implements 'absolute' position embeddings")
+            _CHECK.fail("position_embedding_type", f"{_shown(position_type, kind=False)} is not "
+                        "supported; bertkit implements 'absolute' position embeddings")
+
+    def _check_parameter_count(self) -> None:
+        h, layers = self.hidden_size, self.num_hidden_layers
+        rows = self.vocab_size + self.max_position_embeddings + self.type_vocab_size
+        sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
+                 "max_position_embeddings")
+        _CHECK.parameter_count(rows * h + layers * (4 * h * h + 2 * h * self.intermediate_size),
+                               {name: getattr(self, name) for name in sizes})
+
+    def _check_pruned_heads(self) -> None:
+        for layer, heads in (self.pruned_heads or {}).items():
+            if not 0 <= layer < self.num_hidden_layers:
+                _CHECK.fail("pruned_heads", f"names layer {layer}, but the model has "
+                                            f"{self.num_hidden_layers} layers")
+            if not all(0 <= h < self.num_attention_heads for h in heads):
+                _CHECK.fail(f"pruned_heads[{layer}]", f"= {heads}: heads must be in "
+                                                      f"[0, {self.num_attention_heads})")
+            if len(heads) == self.num_attention_heads:
+                _CHECK.fail(f"pruned_heads[{layer}]", f"removes every head of layer {layer}; "
+                                                      "bertkit needs at least one head per layer")
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -140,8 +253,7 @@ class BertConfig:
 
     @num_labels.setter
     def num_labels(self, n: int) -> None:
-        if n <= 0:
-            raise ValueError(f"BertConfig.num_labels must be positive, got {n}")
+        _CHECK.integer("num_labels", n, MAX_LABELS)
         self.id2label = {i: f"LABEL_{i}" for i in range(n)}
         self.label2id = {v: k for k, v in self.id2label.items()}
 
@@ -162,7 +274,8 @@ class BertConfig:
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known}
         if "num_labels" in extra and "id2label" not in kwargs:
-            n = int(extra.pop("num_labels"))
+            n = extra.pop("num_labels")
+            _CHECK.integer("num_labels", n, MAX_LABELS)
             kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(n)}
         else:
             extra.pop("num_labels", None)  # derived from id2label
@@ -185,18 +298,90 @@ class BertConfig:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "BertConfig":
-        """Read ``folder/config.json`` (or a path to a json file)."""
+        """Read ``folder/config.json`` (or a path to a json file).
+
+        A value no model can be built from is a one-line ``ValueError`` naming the file and the
+        field (``PATH: num_hidden_layers must be a positive integer <= 256, got 1000000000``).
+        """
         path = os.fspath(folder)
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
         data = read_json_object(path, missing=f"no {CONFIG_NAME} found at {path}")
         model_type = data.get("model_type", "bert")
         if model_type != "bert":
-            raise ValueError(f"{path}: model_type {model_type!r} is not a BERT model")
-        return cls.from_dict(data)
+            raise ValueError(f"{path}: model_type {_shown(model_type, kind=False)} is not a "
+                             "BERT model")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise e.in_file(path) from None
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=2)
             f.write("\n")
+
+
+# ---------------------------------------------------------------------------- JSON label maps
+def _int_key(key: Any) -> int | None:
+    """A JSON object key as a non-negative int (``"3"`` or ``3``), else None."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key if key >= 0 else None
+    if isinstance(key, str) and re.fullmatch(r"[0-9]{1,9}", key.strip()):
+        return int(key)
+    return None
+
+
+def _label_names(id2label: Any) -> dict[int, str]:
+    """``id2label`` as {id: name}, checked: an object whose keys are the ids 0..n-1."""
+    if not isinstance(id2label, dict) or not id2label:
+        _CHECK.fail("id2label", 'must be an object mapping label ids to names, like {"0": '
+                                f'"neg", "1": "pos"}}, got {_shown(id2label)}')
+    if len(id2label) > MAX_LABELS:
+        _CHECK.fail("id2label", f"has {len(id2label)} labels; bertkit takes at most {MAX_LABELS}")
+    names = {}
+    for key, name in id2label.items():
+        index = _int_key(key)
+        if index is None:
+            _CHECK.fail("id2label", f"keys must be label ids 0, 1, ..., got {_shown(key)}")
+        if not isinstance(name, str):
+            _CHECK.fail(f"id2label[{key!r}]", f"must be a label name (a string), got "
+                                              f"{_shown(name)}")
+        names[index] = name
+    if sorted(names) != list(range(len(names))):
+        _CHECK.fail("id2label", f"keys must be the ids 0..{len(names) - 1}, got "
+                                f"{_shown(sorted(names), kind=False)}")
+    return dict(sorted(names.items()))
+
+
+def _label_ids(label2id: Any) -> dict[str, int]:
+    """``label2id`` as {name: id}, checked: an object whose values are integer ids."""
+    if not isinstance(label2id, dict):
+        _CHECK.fail("label2id", f"must be an object mapping label names to ids, got "
+                                f"{_shown(label2id)}")
+    for name, index in label2id.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            _CHECK.fail(f"label2id[{name!r}]", f"must be a label id (an integer), got "
+                                               f"{_shown(index)}")
+    return {str(k): v for k, v in label2id.items()}
+
+
+def _pruned_heads(pruned: Any) -> dict[int, list[int]]:
+    """``pruned_heads`` as {layer: sorted heads}, checked; empty lists carry nothing and are
+    dropped."""
+    if not isinstance(pruned, dict):
+        _CHECK.fail("pruned_heads", f"must be an object mapping layer numbers to lists of head "
+                                    f"numbers, like {{\"0\": [1, 3]}}, got {_shown(pruned)}")
+    out = {}
+    for key, heads in pruned.items():
+        layer = _int_key(key)
+        if layer is None:
+            _CHECK.fail("pruned_heads", f"keys must be layer numbers, got {_shown(key)}")
+        if not isinstance(heads, list) or not all(
+                isinstance(h, int) and not isinstance(h, bool) for h in heads):
+            _CHECK.fail(f"pruned_heads[{key!r}]", f"must be a list of head numbers, got "
+                                                  f"{_shown(heads)}")
+        if heads:
+            out[layer] = sorted(set(heads))
+    return out

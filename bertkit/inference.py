@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from bertkit.checkpoint import check_vocab_fits
 from bertkit.tokenizer import Tokenizer
 
 
@@ -100,23 +101,24 @@ def load_for_inference(folder: str, model_class: type | None = None, device: str
 
 
 def load_tokenizer_for(folder: str, config) -> Tokenizer:
-    """The folder's tokenizer, checked against the model's ``config``: a vocab larger than the
-    embedding table is a ValueError, and texts are cut to the positions the model has."""
+    """The folder's tokenizer, checked against the model's ``config`` by
+    :func:`~bertkit.checkpoint.check_vocab_fits` (a vocab that does not match the embedding
+    table is a ValueError), with texts cut to the positions the model has."""
     tokenizer = Tokenizer.from_pretrained(folder)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{folder}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
-                         f"vocab_size is {config.vocab_size}: the vocab does not belong to this model")
+    check_vocab_fits(tokenizer, config, folder)
     tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
     return tokenizer
 
 
 @torch.inference_mode()
 def fill_mask(model: nn.Module, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
-    """The ``top_k`` most likely tokens for each ``[MASK]`` in ``text``.
+    """The ``top_k`` most likely tokens (``top_k`` >= 1) for each ``[MASK]`` in ``text``.
 
     ``model`` must have an MLM head (BertForMaskedLM / BertForPreTraining). Returns, per mask in
     order, a list of ``{"token", "score" (probability), "sequence" (the text with that token)}``.
     """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     if not hasattr(model, "mlm"):
         raise ValueError(f"{type(model).__name__} has no masked-language-model head; fill-mask "
                          "needs a BertForMaskedLM or BertForPreTraining model")

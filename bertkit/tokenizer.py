@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import string
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,6 +48,26 @@ MAX_INPUT_CHARS_PER_WORD = 100
 
 _TRUNCATION_STRATEGIES = {True: "longest_first", "longest_first": "longest_first",
                           "only_second": "only_second", "only_first": "only_first"}
+# One engine per truncation/padding setting: an engine's settings are object state, so engines
+# are configured once and never changed after, which lets threads encode at the same time (the
+# Rust encode releases the GIL) without a lock around it. A server uses one or two settings.
+_MAX_SETTINGS_ENGINES = 16
+
+# With truncation on, a text longer than this many characters per token it may keep is cut
+# before encoding (English averages about 5; a cut that proves too short is widened).
+_CHARS_PER_TOKEN_GUESS = 8
+# Positions before which a text can be cut without changing any token before the cut: under the
+# BERT rules an ASCII space or punctuation character and (when CJK characters are split) a CJK
+# ideograph always start a new word, and none of them is a combining mark, so neither Unicode
+# normalisation nor word splitting looks across them. Other splitting characters exist; these
+# are enough to cut real text quickly.
+_CJK_RANGES = ("\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df"
+               "\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f")
+_ASCII_CUTS = " \t\n\r" + re.escape(string.punctuation)
+_CUT_BEFORE = re.compile(f"[{_ASCII_CUTS}]")
+_CUT_BEFORE_WITH_CJK = re.compile(f"[{_ASCII_CUTS}{_CJK_RANGES}]")
+# Characters per chunk when a whole long text must be counted (see _first_has_more_tokens).
+_COUNT_CHUNK_CHARS = 1 << 16
 
 
 class Encoding(dict):
@@ -104,20 +126,23 @@ class Tokenizer:
         if missing:
             raise ValueError(f"the vocabulary lacks the special token(s) {', '.join(missing)}; a "
                              f"BERT vocab needs {', '.join(self.special_tokens.values())}")
+        # The plain engine never truncates nor pads and is never reconfigured: tokenize(),
+        # encode_plain() and decode() use it, and no call can change what another gets.
         self._engine = self._build_engine()
-        # The engine's truncation/padding settings are per-object state that each call sets;
-        # the lock keeps concurrent callers (a threaded server) from mixing settings.
-        self._lock = threading.Lock()
+        self._settings_engines: dict[tuple[Any, ...], _Engine] = {}
+        self._settings_lock = threading.Lock()  # held only to look up or add an engine
 
     def __getstate__(self) -> dict[str, Any]:
-        # A lock cannot be pickled (DataLoader workers started with "spawn", deepcopy).
+        # A lock cannot be pickled (DataLoader workers started with "spawn", deepcopy); the
+        # per-setting engines are rebuilt on demand.
         state = dict(self.__dict__)
-        del state["_lock"]
+        del state["_settings_lock"], state["_settings_engines"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._settings_engines = {}
+        self._settings_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     def _build_engine(self) -> _Engine:
@@ -212,7 +237,12 @@ class Tokenizer:
                                             show_progress=show_progress)
         files = _corpus_files(files_or_iterator)
         if files is not None:
-            engine.train(files, trainer)
+            try:
+                engine.train(files, trainer)
+            except Exception:  # the engine says "stream did not contain valid UTF-8", no file
+                for path in files:
+                    _check_utf8_file(path)
+                raise
         else:
             engine.train_from_iterator(files_or_iterator, trainer)
         vocab = engine.get_vocab()
@@ -298,10 +328,7 @@ class Tokenizer:
         """Token ids of each text without special tokens, truncation or padding; batched and
         parallel in the Rust engine (the fast path for preparing a corpus)."""
         texts = _check_texts(texts, "texts")
-        with self._lock:
-            self._engine.no_truncation()
-            self._engine.no_padding()
-            return [e.ids for e in self._engine.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self._engine.encode_batch(texts, add_special_tokens=False)]
 
     def __call__(self, texts: str | Sequence[str] | Sequence[Sequence[str]],
                  text_pairs: str | Sequence[str] | None = None, *, max_length: int | None = None,
@@ -318,7 +345,9 @@ class Tokenizer:
             max_length: the longest sequence kept, special tokens included (default: the
                 tokenizer's ``model_max_length``).
             truncation: ``True``/``"longest_first"`` trims the longer segment token by token,
-                ``"only_second"`` trims only the pair text, ``False`` keeps everything.
+                ``"only_second"`` trims only the pair text, ``False`` keeps everything. A long
+                text is cut at a word boundary before encoding, so time and memory follow
+                ``max_length``; ids and offsets are those of the whole text.
             padding: ``True``/``"longest"`` pads to the longest example, ``"max_length"`` to
                 ``max_length``, ``False`` not at all (then ``return_tensors`` must be None).
             return_tensors: ``"pt"`` for LongTensors of shape (B, T), ``None`` for lists.
@@ -328,22 +357,7 @@ class Tokenizer:
             and offset_mapping (character (start, end) in its own text, (0, 0) for specials) /
             special_tokens_mask (1 = special) when asked.
         """
-        if isinstance(texts, str) or (is_split_into_words and texts and isinstance(texts[0], str)):
-            texts = [texts]
-            if text_pairs is not None:
-                text_pairs = [text_pairs]
-        if is_split_into_words:
-            texts = [_check_texts(words, f"texts[{i}]") for i, words in enumerate(texts)]
-        else:
-            texts = _check_texts(texts, "texts")
-        if text_pairs is not None:
-            if is_split_into_words:
-                text_pairs = [_check_texts(w, f"text_pairs[{i}]") for i, w in enumerate(text_pairs)]
-            else:
-                text_pairs = _check_texts(text_pairs, "text_pairs")
-            if len(text_pairs) != len(texts):
-                raise ValueError(f"texts and text_pairs must have the same length, got "
-                                 f"{len(texts)} texts and {len(text_pairs)} text_pairs")
+        texts, text_pairs = _check_inputs(texts, text_pairs, is_split_into_words)
         if truncation not in _TRUNCATION_STRATEGIES and truncation not in (False, "do_not_truncate"):
             raise ValueError(f"truncation must be True, False, 'longest_first', 'only_first' or "
                              f"'only_second', got {truncation!r}")
@@ -355,41 +369,203 @@ class Tokenizer:
         if limit is not None and limit < (3 if text_pairs is not None else 2):
             raise ValueError(f"max_length {limit} leaves no room for the special tokens")
 
+        strategy = _TRUNCATION_STRATEGIES.get(truncation)  # None: no truncation
+        pad_length = (limit if padding == "max_length" else None) \
+            if padding in (True, "longest", "max_length") else False
+        engine = self._engine_for(strategy, limit, pad_length, pad_to_multiple_of)
+        if strategy is not None and not is_split_into_words:
+            texts, text_pairs = self._cut_for_truncation(texts, text_pairs, strategy, limit)
         inputs = texts if text_pairs is None else list(zip(texts, text_pairs))
-        with self._lock:
-            if truncation in _TRUNCATION_STRATEGIES:
-                self._engine.enable_truncation(limit, strategy=_TRUNCATION_STRATEGIES[truncation])
-            else:
-                self._engine.no_truncation()
-            if padding in (True, "longest", "max_length"):
-                self._engine.enable_padding(
-                    pad_id=self.pad_token_id, pad_token=self.special_tokens["pad_token"],
-                    length=limit if padding == "max_length" else None,
-                    pad_to_multiple_of=pad_to_multiple_of)
-            else:
-                self._engine.no_padding()
-            try:
-                encodings = self._engine.encode_batch(inputs, is_pretokenized=is_split_into_words)
-            except Exception as e:  # the engine reports truncation errors as plain exceptions
-                raise ValueError(f"cannot encode with truncation={truncation!r} and max_length="
-                                 f"{limit}: {e}") from None
+        try:
+            encodings = engine.encode_batch(inputs, is_pretokenized=is_split_into_words)
+        except Exception as e:  # the engine reports truncation errors as plain exceptions
+            raise ValueError(f"cannot encode with truncation={truncation!r} and max_length="
+                             f"{limit}: {e}") from None
+        return _to_encoding(encodings, return_tensors, return_offsets_mapping,
+                            return_special_tokens_mask)
 
-        data: dict[str, Any] = {
-            "input_ids": [e.ids for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-        }
-        if return_offsets_mapping:
-            data["offset_mapping"] = [e.offsets for e in encodings]
-        if return_special_tokens_mask:
-            data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
-        if return_tensors == "pt":
-            lengths = {len(ids) for ids in data["input_ids"]}
-            if len(lengths) > 1:
-                raise ValueError("examples have different lengths; use padding=True to return tensors")
-            import torch
-            data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
-        return Encoding(data, encodings)
+    def _engine_for(self, strategy: str | None, limit: int, pad_length: int | None | bool,
+                    pad_to_multiple_of: int | None) -> _Engine:
+        """The engine that truncates with ``strategy`` to ``limit`` (None: not at all) and pads
+        to ``pad_length`` (None: the longest example, False: not at all); built on first use and
+        never changed after, so that concurrent calls cannot see each other's settings."""
+        key = (strategy, limit if strategy else None, pad_length,
+               pad_to_multiple_of if pad_length is not False else None)
+        with self._settings_lock:
+            engine = self._settings_engines.get(key)
+            if engine is None:
+                engine = self._build_engine()
+                if strategy is not None:
+                    engine.enable_truncation(limit, strategy=strategy)
+                if pad_length is not False:
+                    engine.enable_padding(pad_id=self.pad_token_id,
+                                          pad_token=self.special_tokens["pad_token"],
+                                          length=pad_length, pad_to_multiple_of=pad_to_multiple_of)
+                if len(self._settings_engines) >= _MAX_SETTINGS_ENGINES:
+                    del self._settings_engines[next(iter(self._settings_engines))]  # the oldest
+                self._settings_engines[key] = engine
+        return engine
+
+    # ------------------------------------------------------------------ cutting long texts
+    def _cut_for_truncation(self, texts: list[str], text_pairs: list[str] | None, strategy: str,
+                            limit: int) -> tuple[list[str], list[str] | None]:
+        """``texts`` and ``text_pairs`` with each long text cut to a prefix that the truncation
+        ``strategy`` turns into exactly the same tokens, ids and offsets as the whole text: the
+        engine's time and memory then follow ``limit``, not the text's length."""
+        budget = limit - (2 if text_pairs is None else 3)  # tokens left beside the specials
+        window = _CHARS_PER_TOKEN_GUESS * (budget + 1)
+        cuttable = [strategy != "only_second", strategy != "only_first"]
+        # longest_first gives the extra token of an odd budget to the longer side: when both
+        # sides are too long, which one is longer must survive the cut.
+        ordered = text_pairs is not None and strategy == "longest_first" and budget % 2 == 1
+        cut_texts, cut_pairs = list(texts), None if text_pairs is None else list(text_pairs)
+        for index in range(len(texts)):
+            sides = [texts[index]] if text_pairs is None else [texts[index], text_pairs[index]]
+            if any(can and len(side) > window for can, side in zip(cuttable, sides)):
+                sides = self._cut_example(sides, cuttable[:len(sides)], budget, window, ordered)
+                cut_texts[index] = sides[0]
+                if cut_pairs is not None:
+                    cut_pairs[index] = sides[1]
+        return cut_texts, cut_pairs
+
+    def _cut_example(self, sides: list[str], cuttable: list[bool], budget: int, window: int,
+                     ordered: bool) -> list[str]:
+        """Cut the ``cuttable`` sides (one text, or a text and its pair) to the shortest clean
+        prefixes, from ``window`` characters on and doubling, whose token counts prove that
+        truncation to ``budget`` tokens cannot tell them from the whole texts.
+
+        A prefix that ends at a clean cut has exactly the first tokens of the whole text, so a
+        cut side is enough once it still has more than ``budget`` tokens; when the order of
+        the two sides' lengths matters (``ordered``), the prefixes must also keep it."""
+        lengths = [0 if can else len(side) for side, can in zip(sides, cuttable)]
+        new_lengths = [self._cut_point(side, window) if can else len(side)
+                       for side, can in zip(sides, cuttable)]
+        counts = [0] * len(sides)
+        grow = [i for i, can in enumerate(cuttable) if can]  # the sides counted so far
+        first_longer = None  # whether the whole first text has more tokens than the second
+        while True:
+            # Only the added piece is encoded: between clean cuts it has exactly its own tokens.
+            added = self._engine.encode_batch([sides[i][lengths[i]:new_lengths[i]] for i in grow],
+                                              add_special_tokens=False)
+            for i, encoding in zip(grow, added):
+                counts[i] += len(encoding)
+                lengths[i] = new_lengths[i]
+            cut = [i for i, can in enumerate(cuttable) if can and lengths[i] < len(sides[i])]
+            grow = [i for i in cut if counts[i] <= budget]
+            if ordered and cut and not grow:
+                if len(cut) == 1:  # the other side is whole: its count is exact
+                    grow = cut if counts[cut[0]] <= counts[1 - cut[0]] else []
+                else:
+                    if first_longer is None:
+                        first_longer = self._first_has_more_tokens(sides[0], sides[1])
+                    if (counts[0] > counts[1]) != first_longer:
+                        grow = [0] if first_longer else [1]
+            if not grow:
+                return [side[:length] for side, length in zip(sides, lengths)]
+            for i in grow:
+                new_lengths[i] = self._cut_point(sides[i], 2 * lengths[i])
+
+    def _first_has_more_tokens(self, first: str, second: str) -> bool:
+        """Whether ``first`` has more tokens than ``second``: both counted in clean chunks side
+        by side (memory bounded by the chunk size), until the answer is known."""
+        texts, positions, counts = (first, second), [0, 0], [0, 0]
+        while True:
+            done = [positions[i] >= len(texts[i]) for i in (0, 1)]
+            if done[0] and (done[1] or counts[1] >= counts[0]):
+                return counts[0] > counts[1]
+            if done[1] and counts[0] > counts[1]:
+                return True
+            active = [i for i in (0, 1) if not done[i]]
+            ends = [self._cut_point(texts[i], positions[i] + _COUNT_CHUNK_CHARS) for i in active]
+            chunks = [texts[i][positions[i]:end] for i, end in zip(active, ends)]
+            for i, end, encoding in zip(active, ends, self._engine.encode_batch(
+                    chunks, add_special_tokens=False)):
+                counts[i] += len(encoding)
+                positions[i] = end
+
+    def _cut_point(self, text: str, start: int) -> int:
+        """The first position from ``start`` on before which ``text`` can be cut without
+        changing a token before it (``len(text)`` when there is none)."""
+        pattern = _CUT_BEFORE_WITH_CJK if self.tokenize_chinese_chars else _CUT_BEFORE
+        for match in pattern.finditer(text, start):
+            cut = match.start()
+            # "[MA|SK]" is one special token in the whole text and punctuation in the prefix.
+            if not _splits_a_special_token(text, cut, self.special_tokens.values()):
+                return cut
+        return len(text)
+
+
+def _splits_a_special_token(text: str, cut: int, tokens: Iterable[str]) -> bool:
+    """Whether an occurrence of one of ``tokens`` in ``text`` starts before ``cut`` and ends
+    after it."""
+    for token in tokens:
+        found = text.find(token, max(0, cut - len(token) + 1), cut + len(token) - 1)
+        if found != -1 and found < cut:
+            return True
+    return False
+
+
+def _check_inputs(texts: Any, text_pairs: Any, is_split_into_words: bool
+                  ) -> tuple[list[Any], list[Any] | None]:
+    """``texts`` and ``text_pairs`` as lists of B examples, each checked (a single example
+    becomes a batch of one)."""
+    if isinstance(texts, str) or (is_split_into_words and texts and isinstance(texts[0], str)):
+        texts = [texts]
+        if text_pairs is not None:
+            text_pairs = [text_pairs]
+    if is_split_into_words:
+        texts = [_check_texts(words, f"texts[{i}]") for i, words in enumerate(texts)]
+    else:
+        texts = _check_texts(texts, "texts")
+    if text_pairs is not None:
+        if is_split_into_words:
+            text_pairs = [_check_texts(w, f"text_pairs[{i}]") for i, w in enumerate(text_pairs)]
+        else:
+            text_pairs = _check_texts(text_pairs, "text_pairs")
+        if len(text_pairs) != len(texts):
+            raise ValueError(f"texts and text_pairs must have the same length, got "
+                             f"{len(texts)} texts and {len(text_pairs)} text_pairs")
+    return texts, text_pairs
+
+
+def _to_encoding(encodings: list[Any], return_tensors: str | None, return_offsets_mapping: bool,
+                 return_special_tokens_mask: bool) -> Encoding:
+    data: dict[str, Any] = {
+        "input_ids": [e.ids for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+    }
+    if return_offsets_mapping:
+        data["offset_mapping"] = [e.offsets for e in encodings]
+    if return_special_tokens_mask:
+        data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
+    if return_tensors == "pt":
+        lengths = {len(ids) for ids in data["input_ids"]}
+        if len(lengths) > 1:
+            raise ValueError("examples have different lengths; use padding=True to return tensors")
+        import torch
+        data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
+    return Encoding(data, encodings)
+
+
+def _check_utf8_file(path: str) -> None:
+    """Raise a one-line ValueError naming ``path`` and its first byte that is not UTF-8."""
+    offset, pending = 0, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            data = pending + chunk
+            try:
+                data.decode("utf-8")
+                offset, pending = offset + len(data), b""
+            except UnicodeDecodeError as e:
+                if chunk and e.reason == "unexpected end of data":  # cut by the chunk boundary
+                    offset, pending = offset + e.start, data[e.start:]
+                else:
+                    raise ValueError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} "
+                                     f"at offset {offset + e.start})") from None
+            if not chunk:
+                return
 
 
 def _corpus_files(source: Any) -> list[str] | None:

@@ -24,14 +24,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_folder(path, model_class, task: str | None = None, labels: list[str] | None = None,
-                seed: int = 0) -> str:
-    """Save a tiny ``model_class`` (+ the cased tiny vocab) as an HF folder at ``path``."""
+                seed: int = 0, **sizes) -> str:
+    """Save a tiny ``model_class`` (+ the cased tiny vocab) as an HF folder at ``path``;
+    ``sizes`` override the tiny config (e.g. ``hidden_size=128`` for a slower model)."""
     torch.manual_seed(seed)
     extra = {}
     if labels:
         extra = {"id2label": dict(enumerate(labels)),
                  "label2id": {name: i for i, name in enumerate(labels)}}
-    config = BertConfig(**{**TINY, "vocab_size": len(TINY_VOCAB)}, **extra)
+    config = BertConfig(**{**TINY, "vocab_size": len(TINY_VOCAB), **sizes}, **extra)
     if task:
         config.extra["bertkit_task"] = task
     model_class(config).save_pretrained(path)
@@ -63,6 +64,20 @@ class ServerProcess:
         # One thread: the models are tiny and the test machine has 2 busy cores.
         self.env.update({"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1", **(env or {})})
         self.process: subprocess.Popen | None = None
+
+    @classmethod
+    def from_config(cls, log_path, env: dict | None = None, **options) -> "ServerProcess":
+        """The app of ``ServeConfig(**options)`` in a uvicorn process, given its settings the
+        way ``--workers N`` does (``$BERTKIT_SERVE_CONFIG``): for options the command line
+        does not take."""
+        from bertkit.serve.app import CONFIG_ENV, ServeConfig
+        server = cls(options["model"], log_path, env=env)
+        config = ServeConfig(**options, host="127.0.0.1", port=server.port)
+        server.command = [sys.executable, "-m", "uvicorn", "bertkit.serve.app:app_from_env",
+                          "--factory", "--host", "127.0.0.1", "--port", str(server.port),
+                          "--no-access-log"]
+        server.env[CONFIG_ENV] = config.to_json()
+        return server
 
     def start(self) -> "ServerProcess":
         self._log = open(self.log_path, "wb")

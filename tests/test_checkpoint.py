@@ -11,11 +11,13 @@ import torch.nn.functional as F
 
 import bertkit
 from bertkit import BertConfig, BertForMaskedLM, BertForPreTraining, BertModel
-from bertkit.checkpoint import from_hf_name, hf_state_dict, read_state_dict, save_model, to_hf_name
+from bertkit.checkpoint import (check_vocab_fits, from_hf_name, hf_state_dict, read_state_dict,
+                                save_model, to_hf_name)
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402 (after the importorskip)
 
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 HEADS = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
          "BertForTokenClassification", "BertForQuestionAnswering"]
 B, T, V = 3, 10, 99
@@ -270,13 +272,125 @@ def test_sharded_safetensors_folder_loads(tmp_path):
     assert_same_outputs(BertModel.from_pretrained(tmp_path), theirs)
 
 
-def test_weights_only_loading_refuses_code(tmp_path, tiny_config):
+def test_weights_only_loading_refuses_code_in_one_plain_line(tmp_path, tiny_config):
     tiny_config.save_pretrained(tmp_path)
     # A pickle that names a function: torch.load would call it on a full unpickle.
     torch.save({"embeddings.word_embeddings.weight": torch.zeros(V, 32), "x": os.getcwd},
                tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="pytorch_model.bin as a weights-only checkpoint"):
+    with pytest.raises(ValueError) as error:
         BertModel.from_pretrained(tmp_path)
+    # torch's own message is 6 lines with terminal colour codes: one plain line instead.
+    assert str(error.value) == (
+        f"{tmp_path / 'pytorch_model.bin'} is not a plain tensor checkpoint (it refers to "
+        f"{os.getcwd.__module__}.getcwd) and bertkit never runs code from a checkpoint; if you "
+        "trust the file, load it yourself with torch.load(path, weights_only=False) and save the "
+        "model as safetensors (model.save_pretrained(folder) or safetensors.torch.save_file)")
+
+
+@pytest.mark.parametrize("content, message", [
+    ([torch.zeros(2)], "it holds a list, not tensors by name"),
+    ({"state_dict": {"a": torch.zeros(2)}}, "'state_dict' holds a dict, not a tensor"),
+])
+def test_pytorch_model_bin_must_hold_tensors_by_name(tmp_path, tiny_config, content, message):
+    tiny_config.save_pretrained(tmp_path)
+    torch.save(content, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError) as error:
+        BertModel.from_pretrained(tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'pytorch_model.bin'} is not a plain tensor "
+                                f"checkpoint: {message}")
+
+
+def test_truncated_pytorch_model_bin_is_one_line(tmp_path, tiny_config):
+    tiny_config.save_pretrained(tmp_path)
+    torch.save({"a": torch.zeros(100)}, tmp_path / "pytorch_model.bin")
+    data = (tmp_path / "pytorch_model.bin").read_bytes()
+    (tmp_path / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"^cannot read .*pytorch_model\.bin as a weights-only "
+                                         r"checkpoint: [^\n]+$"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def sharded_folder(folder):
+    """A tiny model saved by transformers in shards: (the folder's index path, its JSON)."""
+    theirs = transformers.BertModel(tiny_hf_config())
+    theirs.save_pretrained(folder, max_shard_size="20KB")
+    index = folder / "model.safetensors.index.json"
+    return index, json.loads(index.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("shard", ["../other/model.safetensors", "/etc/passwd", "..",
+                                   "sub/model.safetensors", "outside.safetensors"])
+def test_shard_index_may_not_point_outside_the_folder(tmp_path, shard):
+    index, data = sharded_folder(tmp_path / "m")
+    # A complete, valid checkpoint outside the folder: following the index would load it.
+    transformers.BertModel(tiny_hf_config()).save_pretrained(tmp_path / "other")
+    (tmp_path / "m" / "sub").mkdir()
+    os.symlink(tmp_path / "other" / "model.safetensors", tmp_path / "m" / "outside.safetensors")
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = shard
+    index.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        BertModel.from_pretrained(tmp_path / "m")
+    assert str(error.value) == (f"{index}: weight_map names {shard!r}, which is not a file in "
+                                f"{tmp_path / 'm'}; shards must be plain file names inside the "
+                                "model folder")
+
+
+@pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"a": 1}, {}, None])
+def test_shard_index_weight_map_must_map_names_to_files(tmp_path, weight_map):
+    index, data = sharded_folder(tmp_path)
+    data["weight_map"] = weight_map
+    index.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        BertModel.from_pretrained(tmp_path)
+    assert str(error.value) == (f"{index}: weight_map must be a non-empty object mapping tensor "
+                                "names to shard file names")
+    index.write_text("[1]", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json must hold a JSON "
+                                         "object"):
+        BertModel.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------- vocab vs model
+class FakeTokenizer:
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+
+
+@pytest.mark.parametrize("tokens, rows, problem", [
+    (100, 99, "the vocab does not belong to this model (token ids past the embedding table)"),
+    (99, 256, "the vocab does not belong to this model (157 embedding rows no token uses)"),
+    # Few spare rows but vocab_size not a multiple of 8, or a multiple of 8 but 128 spare rows:
+    # neither is rounding-up padding.
+    (90, 98, "the vocab does not belong to this model (8 embedding rows no token uses)"),
+    (30000, 30128, "the vocab does not belong to this model (128 embedding rows no token uses)"),
+])
+def test_check_vocab_fits_refuses_a_vocab_of_another_model(tmp_path, tokens, rows, problem):
+    (tmp_path / "vocab.txt").write_text("x\n", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        check_vocab_fits(FakeTokenizer(tokens), BertConfig(**{**TINY, "vocab_size": rows}),
+                         tmp_path)
+    assert str(error.value) == (f"{tmp_path}: vocab.txt has {tokens} tokens but the model's "
+                                f"vocab_size is {rows} (config.json): {problem}")
+
+
+def test_check_vocab_fits_warns_once_on_padding_rows(tmp_path):
+    config = BertConfig(**{**TINY, "vocab_size": 30528})  # 30522 rounded up to a multiple of 64
+    with pytest.warns(UserWarning) as caught:
+        check_vocab_fits(FakeTokenizer(30522), config, tmp_path)
+    assert len(caught) == 1 and str(caught[0].message) == (
+        f"{tmp_path}: tokenizer.json has 30522 tokens but the model's vocab_size is 30528 "
+        "(config.json): taking the 6 spare embedding rows for padding (a vocab size rounded up "
+        "to a multiple of 8); if predictions look wrong, check that the vocab belongs to this "
+        "model")
+
+
+def test_check_vocab_fits_is_silent_for_real_minilm(minilm_folder, recwarn):
+    tokenizer = bertkit.Tokenizer.from_pretrained(minilm_folder)
+    config = BertConfig.from_pretrained(minilm_folder)
+    assert tokenizer.vocab_size == config.vocab_size == 30522
+    check_vocab_fits(tokenizer, config, minilm_folder)
+    assert len(recwarn) == 0
 
 
 def test_wrapped_model_saves_plain_names(tmp_path, tiny_config):

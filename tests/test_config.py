@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from bertkit import BertConfig
+from bertkit import BertConfig, BertModel
+from bertkit.cli import main
+from bertkit.modeling.seq2seq import Seq2SeqConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -72,7 +74,7 @@ def test_num_labels_setter_and_from_size():
     config = BertConfig(hidden_size=32, num_attention_heads=4, intermediate_size=37)
     config.num_labels = 1
     assert config.id2label == {0: "LABEL_0"} and config.num_labels == 1
-    with pytest.raises(ValueError, match="num_labels must be positive"):
+    with pytest.raises(ValueError, match=r"num_labels must be a positive integer <= 65536, got 0"):
         config.num_labels = 0
     mini = BertConfig.from_size("mini", vocab_size=1000)
     assert (mini.num_hidden_layers, mini.hidden_size, mini.intermediate_size, mini.vocab_size) == \
@@ -84,17 +86,23 @@ def test_num_labels_setter_and_from_size():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(hidden_size=30, num_attention_heads=4), r"hidden_size \(30\) must be divisible by "
                                                   r"num_attention_heads \(4\)"),
-    (dict(hidden_size=0), r"BertConfig.hidden_size must be a positive integer, got 0"),
-    (dict(num_hidden_layers=-1), r"num_hidden_layers must be a positive integer, got -1"),
-    (dict(vocab_size=0), r"vocab_size must be a positive integer"),
-    (dict(intermediate_size=2.5), r"intermediate_size must be a positive integer, got 2.5"),
-    (dict(num_attention_heads=True), r"num_attention_heads must be a positive integer, got True"),
+    (dict(hidden_size=0), r"BertConfig.hidden_size must be a positive integer <= 65536, got 0$"),
+    (dict(num_hidden_layers=-1), r"num_hidden_layers must be a positive integer <= 256, got -1$"),
+    (dict(vocab_size=0), r"vocab_size must be a positive integer <= 4194304, got 0$"),
+    (dict(intermediate_size=2.5), r"intermediate_size must be a positive integer <= 262144, "
+                                  r"got 2.5$"),
+    (dict(num_attention_heads=True), r"num_attention_heads must be a positive integer <= 1024, "
+                                     r"got True \(a boolean\)$"),
     (dict(hidden_act="gelu_fast"), r"hidden_act 'gelu_fast' is not supported"),
     (dict(hidden_dropout_prob=1.0), r"hidden_dropout_prob must be in \[0, 1\)"),
     (dict(classifier_dropout=-0.1), r"classifier_dropout must be in \[0, 1\)"),
-    (dict(layer_norm_eps=0.0), r"layer_norm_eps must be positive"),
-    (dict(pad_token_id=99, vocab_size=99), r"pad_token_id \(99\) must be a token id below "
-                                            r"vocab_size \(99\)"),
+    (dict(layer_norm_eps=0.0), r"layer_norm_eps must be a positive number, got 0.0$"),
+    (dict(layer_norm_eps=float("inf")), r"layer_norm_eps must be a positive number, got inf$"),
+    (dict(initializer_range=float("nan")), r"initializer_range must be a number >= 0, got nan$"),
+    (dict(pad_token_id=99, vocab_size=99), r"pad_token_id must be a token id below "
+                                            r"vocab_size \(99\), got 99$"),
+    (dict(num_hidden_layers=3, pruned_heads={5: [0]}),
+     r"BertConfig.pruned_heads names layer 5, but the model has 3 layers$"),
     (dict(extra={"position_embedding_type": "relative_key"}),
      r"position_embedding_type 'relative_key' is not supported"),
 ])
@@ -136,3 +144,89 @@ def test_missing_config_file(tmp_path):
         BertConfig.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json found"):
         BertConfig.from_pretrained(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------------------- hostile config.json
+TINY_JSON = {"model_type": "bert", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "intermediate_size": 37}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"id2label": ["neg", "pos"]}, 'id2label must be an object mapping label ids to names, like '
+                                   '{"0": "neg", "1": "pos"}, got [\'neg\', \'pos\'] (a list)'),
+    ({"id2label": {"0": "a", "2": "b"}}, "id2label keys must be the ids 0..1, got [0, 2]"),
+    ({"id2label": {"0": 7}}, "id2label['0'] must be a label name (a string), got 7"),
+    ({"label2id": {"a": "0"}}, "label2id['a'] must be a label id (an integer), got '0' (a string)"),
+    ({"hidden_dropout_prob": "0.1"}, "hidden_dropout_prob must be in [0, 1), got '0.1' (a string)"),
+    ({"layer_norm_eps": "x"}, "layer_norm_eps must be a positive number, got 'x' (a string)"),
+    ({"layer_norm_eps": float("nan")}, "layer_norm_eps must be a positive number, got nan"),
+    ({"max_position_embeddings": 10**12},
+     "max_position_embeddings must be a positive integer <= 1048576, got 1000000000000"),
+    ({"num_hidden_layers": 10**9}, "num_hidden_layers must be a positive integer <= 256, "
+                                   "got 1000000000"),
+    ({"num_labels": 10**9}, "num_labels must be a positive integer <= 65536, got 1000000000"),
+    ({"architectures": "BertModel"},
+     "architectures must be a list of names (strings), got 'BertModel' (a string)"),
+    ({"pruned_heads": {"x": [1]}}, "pruned_heads keys must be layer numbers, got 'x' (a string)"),
+    ({"pruned_heads": {"0": 1}}, "pruned_heads['0'] must be a list of head numbers, got 1"),
+    ({"pad_token_id": "0"}, "pad_token_id must be a token id below vocab_size (99), got '0' "
+                            "(a string)"),
+    ({"hidden_act": ["gelu"]}, "hidden_act ['gelu'] is not supported; choose one of gelu, "
+                               "gelu_new, gelu_pytorch_tanh, relu, silu, swish"),
+    # Each size within its bound, together 103 billion parameters: refused before allocating.
+    ({"hidden_size": 65536, "num_attention_heads": 1, "max_position_embeddings": 1 << 20},
+     "the sizes (vocab_size 99, hidden_size 65536, num_hidden_layers 2, intermediate_size 37, "
+     "max_position_embeddings 1048576) make a model of about 103 billion parameters; bertkit "
+     "builds at most 8.6 billion"),
+])
+def test_hostile_config_file_gives_one_line_naming_file_and_field(tmp_path, change, message):
+    path = write_json(tmp_path, {**TINY_JSON, **change})
+    with pytest.raises(ValueError) as error:
+        BertConfig.from_pretrained(tmp_path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_config_bounds_fail_fast_and_keep_unknown_keys(tmp_path):
+    # 10**9 layers used to hang in the build loop: now the config itself is refused at once.
+    write_json(tmp_path, {**TINY_JSON, "num_hidden_layers": 10**9})
+    with pytest.raises(ValueError, match="num_hidden_layers must be a positive integer <= 256"):
+        BertModel.from_pretrained(tmp_path)
+    # At the bounds a config is accepted, and keys bertkit has no field for are kept.
+    write_json(tmp_path, {**TINY_JSON, "num_hidden_layers": 256, "my_key": [1, {"a": None}],
+                          "pruned_heads": {"0": [], "1": [3, 1, 3]}, "num_labels": 65536})
+    config = BertConfig.from_pretrained(tmp_path)
+    assert config.num_hidden_layers == 256 and config.extra["my_key"] == [1, {"a": None}]
+    assert config.pruned_heads == {1: [1, 3]} and config.num_labels == 65536
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    path = write_json(tmp_path, {**TINY_JSON, "architectures": "BertModel"})
+    assert main(["fill-mask", "--model", str(tmp_path), "a [MASK]"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"bertkit fill-mask: error: {path}: architectures must be a list of names "
+                   "(strings), got 'BertModel' (a string)\n")
+
+
+def test_non_utf8_config_names_the_file_and_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"model_type": "bert",\n "_name_or_path": "caf\xe9"}')
+    with pytest.raises(ValueError) as error:
+        BertConfig.from_pretrained(tmp_path)
+    assert str(error.value) == f"{path}:2: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"encoder_layers": 10**9}, "encoder_layers must be a positive integer <= 256, got 1000000000"),
+    ({"dropout": "0.1"}, "dropout must be in [0, 1), got '0.1' (a string)"),
+    ({"share_embeddings": "no"}, "share_embeddings must be true or false, got 'no'"),
+    ({"max_position_embeddings": 1 << 20, "d_model": 65536, "num_heads": 1},
+     "the sizes (vocab_size 100, d_model 65536, encoder_layers 2, decoder_layers 2, ffn_dim 256, "
+     "max_position_embeddings 1048576) make a model of about 172 billion parameters; bertkit "
+     "builds at most 8.6 billion"),
+])
+def test_hostile_seq2seq_config_file_gives_one_line(tmp_path, change, message):
+    data = Seq2SeqConfig.from_size("tiny", vocab_size=100).to_dict()
+    path = write_json(tmp_path, {**data, **change})
+    with pytest.raises(ValueError) as error:
+        Seq2SeqConfig.from_pretrained(tmp_path)
+    assert str(error.value) == f"{path}: {message}"

@@ -160,3 +160,17 @@ def test_document_round_trip():
     d = Document(text="First one. Second one.\n\nThird one.", module="email.mime.text", name="x", kind="module")
     assert d.sentences() == ["First one.", "Second one.", "Third one."]
     assert d.package == "email" and d.family == "internet"
+
+
+def test_damaged_cache_names_the_file(documents, cache, tmp_path):
+    (cached,) = cache.glob("stdlib-docs-*.jsonl")
+    lines = cached.read_bytes().splitlines(keepends=True)
+    damaged = tmp_path / cached.name
+    damaged.write_bytes(b"".join(lines[:2]) + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError) as error:
+        default_corpus_documents(cache=tmp_path)
+    assert str(error.value) == f"{damaged}:3: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+    damaged.write_bytes(b"".join(lines[:2]) + b"[1]\n")
+    with pytest.raises(ValueError, match=rf"^{damaged}: damaged corpus cache \(.*\); delete the "
+                                         "file to rebuild it$"):
+        default_corpus_documents(cache=tmp_path)

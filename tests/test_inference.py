@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bertkit import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, Tokenizer
+from bertkit.cli import main
 from bertkit.inference import (embed, fill_mask, length_sorted_batches, load_for_inference,
                                mean_pool, run_batched)
 
@@ -172,3 +173,37 @@ def test_load_for_inference_checks_the_folder(mlm_folder, tiny_vocab):
     (mlm_folder / "vocab.txt").unlink()
     with pytest.raises(FileNotFoundError, match="has no vocab.txt"):
         load_for_inference(str(mlm_folder), device="cpu")
+
+
+def test_load_for_inference_refuses_a_smaller_vocab_and_warns_on_padding(mlm_folder, tiny_vocab):
+    # 168 rows (a multiple of 8): 40 tokens leave 128 rows no token uses, too many for padding.
+    (mlm_folder / "vocab.txt").write_text("\n".join(tiny_vocab[:40]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        load_for_inference(str(mlm_folder), device="cpu")
+    assert str(error.value) == (f"{mlm_folder}: vocab.txt has 40 tokens but the model's "
+                                "vocab_size is 168 (config.json): the vocab does not belong to "
+                                "this model (128 embedding rows no token uses)")
+    # Two spare rows in a table of a multiple of 8: plausibly padding, loaded with one warning.
+    (mlm_folder / "vocab.txt").write_text("\n".join(tiny_vocab[:-2]) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"vocab.txt has 166 tokens but the model's vocab_size "
+                                         r"is 168 \(config.json\): taking the 2 spare embedding "
+                                         r"rows for padding") as caught:
+        _, tok = load_for_inference(str(mlm_folder), device="cpu")
+    assert len(caught) == 1 and tok.vocab_size == 166
+
+
+@pytest.mark.parametrize("top_k", [-1, 0, 2.5, True])
+def test_fill_mask_top_k_must_be_at_least_one(mlm_folder, top_k):
+    model, tok = load_for_inference(str(mlm_folder), device="cpu")
+    with pytest.raises(ValueError) as error:
+        fill_mask(model, tok, "The [MASK]", top_k=top_k)
+    assert str(error.value) == f"top_k must be an integer >= 1, got {top_k!r}"
+
+
+@pytest.mark.parametrize("top_k", ["-1", "0"])
+def test_cli_fill_mask_bad_top_k_is_one_line_and_exit_2(mlm_folder, capsys, top_k):
+    assert main(["fill-mask", "--model", str(mlm_folder), "--top-k", top_k, "The [MASK]"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"bertkit fill-mask: error: top_k must be an integer >= 1, got {top_k}\n"
+    assert main(["fill-mask", "--model", str(mlm_folder), "--top-k", "1", "The [MASK]"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # the text, then its one candidate

@@ -203,7 +203,7 @@ def test_cli_quantize_scores_both_and_gate_refuses(classifier, tmp_path, capsys)
     for argv, message in [
         (["--model", str(tmp_path / "missing"), "--out", str(refused)], "does not exist"),
         (["--model", str(out), "--out", str(refused)], "is already quantized"),
-        (["--model", folder, "--out", folder], "--out must differ from --model"),
+        (["--model", folder, "--out", folder], "bertkit never writes over its input"),
         (["--model", folder, "--out", str(refused), "--max-drop", "1"], "--max-drop needs --data"),
         (["--model", folder, "--out", str(refused), "--data", data, "--max-drop", "-1"],
          "--max-drop must be >= 0"),

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import random
+import re
 import signal
+import string
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +33,7 @@ from bertkit.modeling.bert import (BertForMaskedLM, BertForPreTraining,
                                    BertForSequenceClassification, BertForTokenClassification,
                                    BertModel)
 from bertkit.serve.auth import KeyChecker, check_bind, is_loopback, load_api_keys
-from bertkit.serve.batching import MicroBatcher, length_buckets
+from bertkit.serve.batching import MicroBatcher, QueueFull, length_buckets
 from bertkit.training.finetune import predict_folder
 
 KEYS = ["test-key-one-1234", "test-key-two-5678"]
@@ -89,16 +93,38 @@ def good_request(client: httpx.Client) -> None:
 # =========================================================================== open routes
 
 
-def test_health_ready_docs_and_page(clf):
+def test_health_ready_docs_and_page(clf, servers):
     assert clf.get("/healthz").json() == {"status": "ok"}
-    ready = clf.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["task"] == "classification"
+    assert clf.get("/readyz").status_code == 200
     assert clf.get("/docs").status_code == 200
     paths = clf.get("/openapi.json").json()["paths"]
     assert {"/v1/predict", "/v1/embed", "/v1/fill-mask", "/healthz", "/readyz"} <= set(paths)
     page = clf.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert 'id="text"' in page.text and '"task": "classification"' in page.text
+    assert 'id="text"' in page.text and 'id="key"' in page.text
+    with httpx.Client(base_url=servers["ner"].url, timeout=30) as open_server:  # no keys
+        assert open_server.get("/readyz").json() == {"status": "ready", "model": "ner",
+                                                     "task": "ner"}
+        assert '"task": "ner"' in open_server.get("/").text
+
+
+def page_info(page: str) -> dict:
+    return json.loads(page.split('<script id="model-info" type="application/json">')[1]
+                      .split("</script>")[0])
+
+
+def test_with_keys_the_open_routes_tell_nothing_of_the_model(clf):
+    # what /v1/info guards: the name (folder "clf"), task, architecture, labels
+    info = clf.get("/v1/info", headers=AUTH).json()
+    assert info["task"] == "classification" and info["labels"] == ["neg", "neutral", "pos"]
+    page = clf.get("/").text
+    assert page_info(page) == {"auth": True}  # the page's script names tasks, not this model's
+    assert "<title>bertkit serve: model</title>" in page
+    assert clf.get("/readyz").json() == {"status": "ready"}
+    open_text = clf.get("/openapi.json").text + clf.get("/metrics").text
+    for secret in ("(classification)", "task: classification", 'task="classification"',
+                   "BertForSequenceClassification", "neutral", '"clf"', 'name="clf"', "**clf**"):
+        assert secret not in open_text, secret
 
 
 # =========================================================================== auth
@@ -218,7 +244,8 @@ def test_chunked_body_over_the_limit_and_wrong_method(clf):
         for _ in range(10):
             yield b" " * 1000
 
-    r = clf.post("/v1/predict", content=chunks(), headers=AUTH)
+    r = clf.post("/v1/predict", content=chunks(),
+                 headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     r = clf.get("/v1/predict", headers=AUTH)
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
@@ -265,7 +292,7 @@ def test_metrics_count_what_happened(clf):
     assert 128 + 8 <= delta(before, after, "bertkit_tokens_total", route="predict") <= 128 + 30
     assert delta(before, after, "bertkit_batch_size_sum", route="predict") == 3
     info = [labels for (name, labels) in after if name == "bertkit_model_info"]
-    assert dict(info[0])["task"] == "classification"
+    assert info == [(("runtime", "torch"),)]  # with keys: no more than the key-less routes tell
 
 
 def test_access_log_is_json_and_never_holds_a_key(clf, servers):
@@ -353,6 +380,172 @@ def test_refuses_a_public_address_without_keys(folders):
     assert "refusing to listen on 0.0.0.0 without API keys" in result.stderr
 
 
+# =========================================================================== bounds (issue 11)
+
+
+def test_abandoned_requests_are_dropped_not_computed(tmp_path):
+    # A slower random model (hidden 128): 64 texts of 512 tokens cost ~0.6 s on one thread,
+    # in forward passes of 8 texts (~0.08 s each).
+    folder = make_folder(tmp_path / "enc", BertModel, hidden_size=128, intermediate_size=512)
+    server = ServerProcess.from_config(tmp_path / "enc.log", model=folder, max_batch=8,
+                                       max_queued_tokens=10**7).start()
+    big = {"texts": ["hello world " * 300] * 64}  # each cut to the tokenizer's 512 tokens
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post("/v1/embed", json={"texts": ["warm up"]}).status_code == 200
+            start = time.perf_counter()
+            assert client.post("/v1/embed", json=big).status_code == 200
+            one = time.perf_counter() - start  # one such request, computed
+            n = max(4, min(24, math.ceil(5.0 / one)))  # abandon >= 5 s of work
+            before = metric_values(client.get("/metrics").text)
+
+            def abandon(_):
+                try:  # the socket is closed after 0.5 s without an answer
+                    httpx.post(server.url + "/v1/embed", json=big,
+                               timeout=httpx.Timeout(60, read=0.5))
+                except httpx.ReadTimeout:
+                    pass
+
+            with ThreadPoolExecutor(n) as pool:
+                list(pool.map(abandon, range(n)))
+            start = time.perf_counter()
+            r = client.post("/v1/embed", json={"texts": ["hello"]})
+            waited = time.perf_counter() - start
+            assert r.status_code == 200 and waited < 1.0, (waited, n, one)
+            after = metric_values(client.get("/metrics").text)
+        computed = delta(before, after, "bertkit_inputs_total", route="embed")
+        assert computed <= n * 64 / 2, (computed, n)  # most of the abandoned texts never ran
+        gone = delta(before, after, "bertkit_requests_total", route="/v1/embed", method="POST",
+                     status="499")  # logged as nginx does: the client closed the request
+        assert n / 2 <= gone <= n, (gone, n)
+    finally:
+        server.stop()
+
+
+def test_a_full_queue_answers_429_and_a_late_answer_503(folders, tmp_path):
+    # The 3 s max wait holds a lone request in the batcher: the queue stays full while the
+    # next one comes, and the 1 s timeout passes before the model is ever called.
+    server = ServerProcess.from_config(tmp_path / "queue.log", model=folders["clf"],
+                                       max_wait_ms=3000, request_timeout=1.0,
+                                       max_queued_tokens=400,
+                                       allowed_hosts=["model.internal"]).start()
+    texts = ["hello " * 98] * 3  # 3 x (98 + 2) = 300 tokens: one such request fits, two do not
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(client.post, "/v1/predict", json={"texts": texts})
+                time.sleep(0.3)
+                second = client.post("/v1/predict", json={"texts": texts})
+                assert second.status_code == 429, second.text
+                assert second.json()["error"]["code"] == "queue_full"
+                assert 1 <= int(second.headers["retry-after"]) <= 60
+                late = first.result()
+            assert late.status_code == 503 and late.json()["error"]["code"] == "timeout"
+            assert int(late.headers["retry-after"]) >= 1
+            # the timed-out request gave its tokens back: the same request is taken again
+            r = client.post("/v1/predict", json={"texts": texts})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "timeout"
+            metrics = metric_values(client.get("/metrics").text)
+            assert metrics.get(("bertkit_inputs_total", (("route", "predict"),)), 0) == 0
+            # allowed_hosts adds names to the defaults
+            assert client.get("/healthz", headers={"Host": "model.internal:80"}).status_code \
+                == 200
+            assert client.get("/healthz", headers={"Host": "other.internal"}).status_code == 400
+    finally:
+        server.stop()
+
+
+def test_metrics_stay_bounded_under_made_up_methods_and_paths(servers):
+    rng = random.Random(0)
+    letters = string.ascii_uppercase
+
+    def word(low, high):
+        return "".join(rng.choice(letters) for _ in range(rng.randint(low, high)))
+
+    made_up = []
+
+    def send_made_up(client, n):
+        for i in range(n):
+            method = word(3, 12)
+            path = rng.choice(["/v1/predict", "/healthz"]) if i % 2 else "/" + word(1, 30)
+            made_up.append(method)
+            r = client.request(method, path)
+            assert r.status_code in (404, 405), (method, path, r.status_code)
+
+    with httpx.Client(base_url=servers["ner"].url, timeout=30) as client:  # keep-alive
+        send_made_up(client, 20)  # the "other" (and /metrics) series exist from here on
+        client.get("/metrics")
+        size_before = len(client.get("/metrics").content)
+        send_made_up(client, 5000)
+        text = client.get("/metrics").text
+    # only the counts' digits grow (before the fix: one series per method, ~500 KB)
+    assert len(text) < size_before + 300, (size_before, len(text))
+    labels = {value for (_, pairs) in metric_values(text) for (_, value) in pairs}
+    assert not labels & set(made_up) - {"GET", "POST", "PUT", "HEAD", "PATCH", "DELETE",
+                                        "OPTIONS", "TRACE", "CONNECT"}
+    assert delta({}, metric_values(text), "bertkit_requests_total", route="other",
+                 method="other", status="404") >= 2000
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonx"])
+def test_post_needs_a_json_content_type(clf, content_type):
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    r = clf.post("/v1/predict", content=json.dumps({"texts": ["hello"]}).encode(),
+                 headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["error"]["code"] == "unsupported_media_type"
+    r = clf.post("/v1/predict", content=json.dumps({"texts": ["hello"]}).encode(),
+                 headers={**AUTH, "Content-Type": "Application/JSON; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_host_header_must_name_this_server(servers):
+    server = servers["ner"]  # no keys, on 127.0.0.1: what DNS rebinding would reach
+    port = server.port
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.nip.io:{port}", ""):
+            for method, path in (("GET", "/"), ("GET", "/metrics"), ("POST", "/v1/predict")):
+                r = client.request(method, path, json={"texts": ["x"]}, headers={"Host": host})
+                assert r.status_code == 400, (host, path, r.text)
+                assert r.json()["error"]["code"] == "invalid_host"
+        for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}",
+                     "LOCALHOST"):
+            r = client.post("/v1/predict", json={"texts": ["x"]}, headers={"Host": host})
+            assert r.status_code == 200, (host, r.text)
+
+
+def test_deeply_nested_json_is_a_400(servers):
+    with httpx.Client(base_url=servers["ner"].url, timeout=30) as client:
+        for body in (b"[" * 200_000, b'{"texts": ' + b"[" * 200_000, b'{"texts": [' * 80_000):
+            r = client.post("/v1/predict", content=body,
+                            headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == "invalid_json"
+        assert client.post("/v1/predict", json={"texts": ["still fine"]}).status_code == 200
+    time.sleep(0.2)
+    log = servers["ner"].log()
+    assert "RecursionError" not in log and '"status": 500' not in log
+
+
+def test_a_keys_file_without_keys_is_refused(folders, tmp_path):
+    import subprocess
+    import sys
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# no keys yet\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"^API keys file {empty} holds no keys$"):
+        load_api_keys(str(empty), environ={})
+    result = subprocess.run([sys.executable, "-m", "bertkit", "serve", "--model", folders["clf"],
+                             "--api-keys-file", str(empty), "--port", "1"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                 "PYTHONPATH": REPO})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"bertkit serve: error: API keys file {empty} holds no keys"
+
+
 # =========================================================================== in process
 
 
@@ -374,7 +567,7 @@ def test_adapter_folder_is_served(folders, tmp_path):
     texts = ["hello world", "the end"]
     expected = predict_folder(str(adapter), texts=texts, device="cpu")
     app = create_app(ServeConfig(model=str(adapter), device="cpu"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         r = client.post("/v1/predict", json={"texts": texts})
         assert r.status_code == 200, r.text
         for got, want in zip(r.json()["predictions"], expected):
@@ -394,7 +587,8 @@ def test_onnx_runtime_is_served(folders, tmp_path):
     export_folder(folder)
     texts = ["hello world", "the café"]
     expected = predict_folder(str(folder), texts=texts, device="cpu")
-    with TestClient(create_app(ServeConfig(model=str(folder), runtime="onnx"))) as client:
+    with TestClient(create_app(ServeConfig(model=str(folder), runtime="onnx")),
+                    base_url="http://localhost") as client:
         r = client.post("/v1/predict", json={"texts": texts})
         assert r.status_code == 200, r.text
         for got, want in zip(r.json()["predictions"], expected):
@@ -413,7 +607,7 @@ def test_workers_factory_reads_the_settings_from_the_environment(folders, monkey
         app_from_env()
     monkeypatch.setenv(CONFIG_ENV, ServeConfig(model=folders["ner"], max_texts=2).to_json())
     monkeypatch.setenv("BERTKIT_API_KEYS", KEYS[1])
-    with TestClient(app_from_env()) as client:
+    with TestClient(app_from_env(), base_url="http://127.0.0.1:8000") as client:
         r = client.post("/v1/predict", json={"texts": ["a", "b", "c"]},
                         headers={"Authorization": f"Bearer {KEYS[1]}"})
         assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_texts"
@@ -423,7 +617,7 @@ def test_workers_factory_reads_the_settings_from_the_environment(folders, monkey
 def test_micro_batcher_groups_splits_and_isolates_failures():
     calls = []
 
-    def run(key, items):
+    def run(key, items, wanted):
         calls.append((key, list(items)))
         if "bad" in items:
             raise ValueError("bad item")
@@ -488,3 +682,59 @@ def test_keys_and_bind_rules(tmp_path):
     check_bind("0.0.0.0", [], insecure=True)
     with pytest.raises(ValueError, match="--insecure"):
         check_bind("0.0.0.0", [], insecure=False)
+
+
+def test_micro_batcher_drops_jobs_whose_request_went_away_and_bounds_its_tokens():
+    go = threading.Event()
+    calls, asked = [], []
+
+    def run(key, items, wanted):
+        calls.append(list(items))
+        go.wait(10)  # the model is busy until the test says so
+        asked.append([wanted(i) for i in range(len(items))])
+        return [f"{key}:{item}" for item in items]
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch=100, max_wait_ms=100, max_queued=10)
+        await batcher.start()
+        # x and y share one call; x's client goes away while it runs
+        x = asyncio.ensure_future(batcher.submit("a", ["x"], cost=3))
+        y = asyncio.ensure_future(batcher.submit("a", ["y"], cost=3))
+        await asyncio.sleep(0.3)                                    # the call has begun
+        z = asyncio.ensure_future(batcher.submit("a", ["z"], cost=3))  # queued behind it
+        await asyncio.sleep(0.01)
+        assert batcher.queued_tokens == 9
+        with pytest.raises(QueueFull, match="9 tokens are queued, the limit is 10"):
+            await batcher.submit("a", ["w"], cost=2)
+        x.cancel()
+        z.cancel()  # dropped while queued: never run, its tokens given back at once
+        await asyncio.sleep(0.01)
+        assert batcher.queued_tokens == 6  # x's call is still running: its tokens stay
+        go.set()
+        assert await y == ["a:y"]
+        assert batcher.queued_tokens == 0
+        assert await batcher.submit("a", ["v"], cost=50) == ["a:v"]  # alone: always taken
+        await batcher.stop()
+        return x.cancelled() and z.cancelled()
+
+    assert asyncio.run(main())
+    assert calls == [["x", "y"], ["v"]]            # z never ran
+    assert asked == [[False, True], [True]]      # x's item is skipped from the next pass on
+
+
+def test_serve_config_checks_the_new_limits():
+    from bertkit.serve import ServeConfig
+    for options, message in [
+            ({"max_queued_tokens": 0}, "max_queued_tokens must be a whole number of at least 1"),
+            ({"max_queued_tokens": 1.5}, "max_queued_tokens must be a whole number"),
+            ({"request_timeout": 0}, "request_timeout must be a number of seconds above 0"),
+            ({"request_timeout": float("nan")}, "request_timeout must be a number"),
+            ({"allowed_hosts": ["example.org:8000"]}, "allowed_hosts: 'example.org:8000' is "
+                                                      "not a host name"),
+            ({"allowed_hosts": ["https://example.org"]}, "allowed_hosts: 'https://example.org' is"),
+            ({"allowed_hosts": "example.org"}, "allowed_hosts must be a list of host names")]:
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            ServeConfig(model="m", **options)
+    config = ServeConfig(model="m", allowed_hosts=["Model.Internal", "::1", "*"])
+    assert config.allowed_hosts == ["model.internal", "[::1]", "*"]
+    assert ServeConfig.from_json(config.to_json()) == config

@@ -1,6 +1,7 @@
 """The try-it page of `bertkit serve` in headless Chromium (Debian's ``chromium`` driven by
-Playwright): type a text, click Run, see the label, the probabilities and the latency; a wrong
-API key shows the error on the page.
+Playwright): type the API key (the page shows nothing of the model before it), type a text,
+click Run, see the label, the probabilities and the latency; a wrong API key shows the error
+on the page.
 
 Without chromium (or Playwright) the tests are skipped locally and fail under CI (``$CI``
 set), where chromium is installed.
@@ -57,11 +58,13 @@ def server(tmp_path_factory):
 def test_type_a_text_and_see_the_result(browser, server):
     page = browser.new_page()
     page.goto(server.url + "/")
-    assert "task classification" in page.locator("#meta").inner_text()
+    assert "API key needed" in page.locator("#meta").inner_text()
+    assert page.locator("#route option").count() == 0  # nothing of the model without the key
     page.fill("#key", KEY)
     page.fill("#text", "hello world, the café")
-    page.click("#run")
+    page.click("#run")  # reads /v1/info with the key, then runs the first route (predict)
     page.wait_for_selector("#label", timeout=15_000)
+    assert "task classification" in page.locator("#meta").inner_text()
     assert page.inner_text("#label") in ("neg", "neutral", "pos")
     assert page.locator(".bar").count() == 3  # one probability bar per label
     assert page.inner_text("#status").startswith("200")

@@ -16,6 +16,7 @@ from bertkit.data.tasks import (IGNORE_INDEX, ClassificationExample, LabelMap, N
                                 encode_classification, encode_ner, encode_qa,
                                 entities_from_text, load_classification, load_conll, load_squad,
                                 ner_predictions_to_words, postprocess_qa, qa_gold, split_words)
+from bertkit.data.parallel import load_parallel
 from bertkit.tokenizer import Tokenizer
 from bertkit.training.metrics import squad_metrics
 
@@ -603,3 +604,54 @@ def test_qa_round_trip_gold_positions_give_exact_match(tmp_path, tok):
     assert preds["q4"]["text"] == ""  # only CLS is ever high for the impossible question
     m = squad_metrics({k: v["text"] for k, v in preds.items()}, qa_gold(examples))
     assert m == {"exact_match": 100.0, "f1": 100.0}
+
+
+# =========================================================================== non-UTF-8 files
+# "café" in Latin-1: the byte 0xe9 is not UTF-8. Each reader must name the file and the line.
+LATIN1_CAFE = "café".encode("latin-1")
+JSONL_LINE = b'{"text": "good film", "label": "pos"}\n'
+
+
+def not_utf8(path, line):
+    return f"{path}:{line}: not UTF-8 text (byte 0xe9); save the file as UTF-8"
+
+
+@pytest.mark.parametrize("name, content, line", [
+    ("a.csv", b"text,label\ngood,pos\n" + LATIN1_CAFE + b",neg\n", 3),
+    ("a.tsv", b"text\tlabel\ngood\tpos\nbad\tneg\n" + LATIN1_CAFE + b"\tneg\n", 4),
+    ("a.jsonl", JSONL_LINE + b'{"text": "' + LATIN1_CAFE + b'", "label": "neg"}\n', 2),
+    # Far past the first read buffer: the line is still exact.
+    ("big.jsonl", JSONL_LINE * 40000 + b'{"text": "' + LATIN1_CAFE + b'", "label": "neg"}\n',
+     40001),
+    ("first.csv", LATIN1_CAFE + b",label\n", 1),
+], ids=["csv", "tsv", "jsonl", "deep-jsonl", "first-line"])
+def test_non_utf8_classification_file_names_file_and_line(tmp_path, name, content, line):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        load_classification(path)
+    assert str(error.value) == not_utf8(path, line)
+
+
+def test_non_utf8_conll_squad_and_parallel_files_name_file_and_line(tmp_path):
+    conll = tmp_path / "a.conll"
+    conll.write_bytes(b"Paris B-LOC\nis O\n\n" + LATIN1_CAFE + b" O\n")
+    with pytest.raises(ValueError) as error:
+        load_conll(conll)
+    assert str(error.value) == not_utf8(conll, 4)
+    squad = tmp_path / "a.json"
+    squad.write_bytes(b'{"data": [\n{"title": "' + LATIN1_CAFE + b'"}]}')
+    with pytest.raises(ValueError) as error:
+        load_squad(squad)
+    assert str(error.value) == not_utf8(squad, 2)
+    tsv = tmp_path / "p.tsv"
+    tsv.write_bytes(b"source\ttarget\nhello\tbonjour\ncoffee\t" + LATIN1_CAFE + b"\n")
+    with pytest.raises(ValueError) as error:
+        load_parallel(tsv)
+    assert str(error.value) == not_utf8(tsv, 3)
+    source, target = tmp_path / "src.txt", tmp_path / "tgt.txt"
+    source.write_bytes(b"hello\ncoffee\n")
+    target.write_bytes(b"bonjour\n" + LATIN1_CAFE + b"\n")
+    with pytest.raises(ValueError) as error:
+        load_parallel(source=source, target=target)
+    assert str(error.value) == not_utf8(target, 2)

@@ -5,6 +5,8 @@ trips; error messages."""
 
 import os
 import pickle
+import threading
+import time
 
 import pytest
 import torch
@@ -192,6 +194,140 @@ def test_return_lists_and_single_string(minilm_tokenizers):
     assert same_length["input_ids"].shape == (2, 4)
 
 
+# ---------------------------------------------------------------------------- purity, threads
+TEN_WORDS = "one two three four five six seven eight nine ten"
+
+
+def test_tokenize_is_not_changed_by_an_earlier_truncating_call(minilm_tokenizers):
+    tok, hf = minilm_tokenizers
+    tok(["x"], max_length=5, truncation=True)
+    assert tok.tokenize(TEN_WORDS) == TEN_WORDS.split() == hf.tokenize(TEN_WORDS)
+    tok(["x"], max_length=6, padding="max_length")
+    assert tok.tokenize("x") == ["x"]
+    assert tok.encode_plain([TEN_WORDS]) == [hf.encode(TEN_WORDS, add_special_tokens=False)]
+    # The default call truncates to model_max_length, not to the last call's max_length.
+    assert tok(["word " * 600])["input_ids"].shape == (1, 512)
+
+
+def test_threads_with_different_settings_get_their_own_results(minilm_tokenizers):
+    tok, _ = minilm_tokenizers
+    texts, long_text = TEXTS + PAIRS, "word " * 300
+    calls = [  # each thread repeats one call; all run at the same time on the same tokenizer
+        lambda: tok(texts, max_length=6, padding="max_length", return_tensors=None),
+        lambda: tok(texts, PAIRS * 2, max_length=21, truncation="longest_first",
+                    return_tensors=None, return_offsets_mapping=True),
+        lambda: tok(texts, truncation=False, padding=False, return_tensors=None),
+        lambda: tok.tokenize(long_text),
+    ]
+    plain = lambda result: dict(result) if isinstance(result, dict) else result  # noqa: E731
+    expected = [plain(call()) for call in calls]
+    assert len(expected[3]) == 300 and len(expected[0]["input_ids"][0]) == 6
+    assert max(len(ids) for ids in expected[1]["input_ids"]) == 21
+    start, failures = threading.Barrier(len(calls)), []
+
+    def hammer(index):
+        start.wait()
+        try:
+            for _ in range(60):
+                result = calls[index]()
+                if plain(result) != expected[index]:
+                    failures.append(f"call {index} gave a different result")
+                    return
+        except Exception as e:  # e.g. the engine's "Already borrowed" when settings change
+            failures.append(f"call {index} raised {e!r}")
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+# ---------------------------------------------------------------------------- long texts
+def assert_same_as_transformers(tok, hf, texts, pairs=None, **options):
+    """Our (cut) encoding equals transformers' encoding of the whole texts, offsets included."""
+    keys = ("input_ids", "token_type_ids", "attention_mask", "offset_mapping",
+            "special_tokens_mask")
+    options.update(padding="max_length", return_offsets_mapping=True,
+                   return_special_tokens_mask=True)
+    theirs = hf(texts, pairs, return_tensors="pt", **options) if pairs is not None \
+        else hf(texts, return_tensors="pt", **options)
+    assert_same_encoding(tok(texts, pairs, **options), theirs, keys)
+
+
+# Long texts whose cut position falls on every kind of character the BERT rules treat
+# specially (spaces, punctuation, accents and combining marks, CJK, control characters,
+# special tokens, words over 100 characters).
+LONG_TEXTS = [text * 12 for text in TEXTS[:8] + TEXTS[10:]] + \
+    ["".join(TEXTS[i] + PAIRS[j] for i in range(len(TEXTS)) for j in (i, -i)),
+     "日本語中文" * 300, "e\u0301\u0300 " * 400, "x" * 5000 + " tail", "   \t" * 500 + "late words",
+     "[MASK]" * 400, "Ǆ!" * 900 + "\x85\u200b" * 100]
+
+
+@pytest.mark.parametrize("max_length", [8, 9, 16, 17, 64])
+def test_long_single_texts_are_cut_without_changing_the_result(minilm_tokenizers, max_length):
+    tok, hf = minilm_tokenizers
+    assert_same_as_transformers(tok, hf, LONG_TEXTS, max_length=max_length, truncation=True)
+
+
+@pytest.mark.parametrize("strategy", ["longest_first", "only_second", "only_first"])
+@pytest.mark.parametrize("max_length", [9, 16, 17])  # budgets of 6, 13 (odd) and 14 tokens
+def test_long_pairs_are_cut_without_changing_the_result(minilm_tokenizers, strategy, max_length):
+    tok, hf = minilm_tokenizers
+    # Short enough for transformers, which builds every pair of overflow windows; the cut
+    # starts at 8 characters per kept token (48 to 120 here).
+    long = [text[:600] for text in LONG_TEXTS]
+    if strategy == "longest_first":  # both sides long, or one side short, in either order
+        others = [text[::-1][:450] if i % 2 else PAIRS[i % len(PAIRS)][:20]
+                  for i, text in enumerate(long)]
+        first, second = long + others, others + long
+    else:  # the side that is never truncated must fit beside one token of the other
+        short = ["", "x", "a question?", "日本", "naïve", "[SEP]"]
+        short = [short[i % len(short)] for i in range(len(long))]
+        first, second = (short, long) if strategy == "only_second" else (long, short)
+    assert_same_as_transformers(tok, hf, first, second, max_length=max_length,
+                                truncation=strategy)
+
+
+def test_longest_first_keeps_which_side_is_longer(minilm_tokenizers):
+    # With an even max_length the odd token left goes to the side with more tokens in the
+    # whole text: here the first side's prefix is denser but the second side is longer.
+    tok, hf = minilm_tokenizers
+    dense, long = "a " * 100, "abcdefghij " * 10 + "b " * 150
+    for first, second in [(dense, long), (long, dense), (dense, dense), (long, long + "c")]:
+        for max_length in (8, 9, 16):
+            assert_same_as_transformers(tok, hf, [first], [second], max_length=max_length,
+                                        truncation="longest_first")
+
+
+def test_a_cut_never_splits_a_special_token(minilm_tokenizers):
+    # max_length 8 keeps 6 tokens: "a b c d e" and the [MASK], wherever the first place to cut
+    # (56 characters) falls inside it; "[MASK" without its "]" is two other tokens.
+    tok, hf = minilm_tokenizers
+    texts = ["a b c d e" + " " * pad + "[MASK]" + " tail" * 30 for pad in range(40, 48)]
+    assert_same_as_transformers(tok, hf, texts, max_length=8, truncation=True)
+    assert (tok(texts, max_length=8)["input_ids"][:, 6] == tok.mask_token_id).all()
+
+
+def test_ten_megabyte_text_is_cut_before_encoding(minilm_tokenizers):
+    tok, hf = minilm_tokenizers
+    text, cjk = "word " * 2_000_000, "日本語" * 3_500_000  # 10 MB each
+    started = time.perf_counter()
+    single = tok([text, cjk], max_length=16, return_offsets_mapping=True)
+    pair = tok(["a question?"], [text], max_length=16, truncation="only_second")
+    elapsed = time.perf_counter() - started  # 9 s and 1.7 GB when the whole text is encoded
+    assert elapsed < 2.0, f"{elapsed:.1f} s"
+    word = tok.convert_tokens_to_ids("word")
+    assert single["input_ids"][0].tolist() == [101] + [word] * 14 + [102]
+    assert single["offset_mapping"][0].tolist() == \
+        [[0, 0]] + [[5 * i, 5 * i + 4] for i in range(14)] + [[0, 0]]
+    assert single["input_ids"][1].tolist() == hf(cjk[:100], max_length=16, truncation=True)[
+        "input_ids"]
+    assert pair["input_ids"][0].tolist() == \
+        hf("a question?", "word " * 20, max_length=16, truncation="only_second")["input_ids"]
+
+
 # ---------------------------------------------------------------------------- flags, cased vocab
 CASED_TEXTS = ["The Café and the CAFÉ", "naïve NAIVE Naïve", "Straße strasse", "Ünder über",
                "hello Hello HELLO World", "日本 THE the", "unable Crème"]
@@ -333,6 +469,22 @@ def test_train_from_files(tmp_path):
         Tokenizer.train(CORPUS, vocab_size=5, show_progress=False)
     with pytest.raises(ValueError, match="corpus is empty"):
         Tokenizer.train(iter([]), vocab_size=50, show_progress=False)
+
+
+def test_train_on_a_file_that_is_not_utf8_names_it(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("\n".join(CORPUS), encoding="utf-8")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("naïve text\n".encode() + b"caf\xe9 latin-1\n")
+    with pytest.raises(ValueError) as raised:
+        Tokenizer.train([str(good), str(bad)], vocab_size=100, show_progress=False)
+    assert str(raised.value) == f"{bad} is not UTF-8 text (byte 0xe9 at offset 15)"
+    # A character cut by the 1 MiB reading chunk is still valid; the bad byte comes after it.
+    head = b"a" * ((1 << 20) - 1) + "é".encode() + b"ok"
+    bad.write_bytes(head + b"\xc3\x28\n")
+    with pytest.raises(ValueError, match=rf"bad\.txt is not UTF-8 text \(byte 0xc3 at offset "
+                                         rf"{len(head)}\)$"):
+        Tokenizer.train(str(bad), vocab_size=100, show_progress=False)
 
 
 # ---------------------------------------------------------------------------- errors

@@ -405,12 +405,10 @@ def test_early_stopping_keeps_best_weights(tmp_path):
     assert result.stop_reason == "early_stopping"
     assert result.steps == 8 and sorted(snapshots) == [2, 4, 6, 8]  # no extra final eval
     assert (result.best_step, result.best_metric) == (4, 0.6)
-    best = Path(result.best_dir)
-    assert json.loads((best / "best.json").read_text())["step"] == 4
-    saved = load_file(best / "model.safetensors")
+    # load_best_at_end: the model holds the best weights, and best/ (loaded) is gone
+    assert result.best_dir is None and not (tmp_path / "run" / "best").exists()
     for name, value in snapshots[4].items():
-        assert torch.equal(saved[name], value)
-        assert torch.equal(model.state_dict()[name], value)  # load_best_at_end
+        assert torch.equal(model.state_dict()[name], value)
     assert not torch.equal(snapshots[8]["head.weight"], snapshots[4]["head.weight"])
 
 

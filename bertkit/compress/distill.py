@@ -41,6 +41,7 @@ from torch import nn
 from bertkit.checkpoint import unwrap_model
 from bertkit.config import MODEL_SIZES, BertConfig
 from bertkit.modeling.bert import BertForSequenceClassification, ClassifierOutput
+from bertkit.outputs import output_folder
 
 REPORT_FILE = "distill.json"
 STUDENT_SIZES = ("tiny", "mini", "small")
@@ -236,14 +237,27 @@ def _load_teacher(folder: str):
     return teacher, tokenizer, _settings(teacher.config)
 
 
-def run_distillation(cfg: DistillConfig, training) -> dict[str, Any]:
+def run_distillation(cfg: DistillConfig, training, overwrite: bool = False) -> dict[str, Any]:
     """Distil ``cfg.teacher`` into a student written to ``training.out_dir``.
+
+    The folder is written as a whole at the end (:func:`bertkit.outputs.output_folder`): an
+    existing one is refused unless ``overwrite``, and a failed run leaves it as it was.
 
     Trains with the Trainer (dev accuracy every epoch, best checkpoint kept and loaded at the
     end), then evaluates teacher and student on dev (and test), times both on dev in this
     process, and writes the student folder with ``metrics.json`` (the student's) and
     ``distill.json`` (the comparison). Prints the comparison table and returns it.
     """
+    inputs = {"--teacher": cfg.teacher, "--train": cfg.train, "--dev": cfg.dev,
+              "--test": cfg.test}
+    with output_folder(training.out_dir, inputs=inputs, overwrite=overwrite) as staging:
+        report = _distill_into(cfg, dataclasses.replace(training, out_dir=str(staging)))
+    print(f"student folder: {training.out_dir} (metrics.json, {REPORT_FILE}, curves.png)")
+    return report
+
+
+def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
+    """The run of :func:`run_distillation`, writing into ``training.out_dir``."""
     from bertkit.compress.prune import compare_speed, folder_size
     from bertkit.data.tasks import PaddingCollator, check_labels
     from bertkit.training.finetune import (_encode, _load_examples, _Split, _split_metrics,
@@ -318,7 +332,6 @@ def run_distillation(cfg: DistillConfig, training) -> dict[str, Any]:
                  for split, m in metrics["student"].items()})
     _write_json(os.path.join(out_dir, REPORT_FILE), report)
     print_comparison(report)
-    print(f"student folder: {out_dir} (metrics.json, {REPORT_FILE}, curves.png)")
     return report
 
 

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from bertkit.config import BertConfig
+from bertkit.outputs import check_output_file
 from bertkit.modeling.bert import (BertOutput, ClassifierOutput, MaskedLMOutput,
                                    PreTrainingOutput, QuestionAnsweringOutput,
                                    question_answering_loss, sequence_classification_loss,
@@ -267,10 +268,12 @@ def weights_fingerprint(folder: str | os.PathLike) -> str:
 
 
 def export_folder(folder: str | os.PathLike, out: str | os.PathLike | None = None,
-                  opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL) -> ExportResult:
+                  opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
+                  overwrite: bool = False) -> ExportResult:
     """Export a bertkit/HF model folder to ONNX (default ``FOLDER/model.onnx``, where
     ``--runtime onnx`` looks) with the class its ``architectures`` names; see
-    :func:`export_model` for the graph and the check."""
+    :func:`export_model` for the graph and the check. ``out`` must be a ``.onnx`` file; an
+    existing one is replaced only with ``overwrite``."""
     from bertkit.modeling.bert import HEAD_CLASSES
     from bertkit.peft import is_adapter_folder
     folder = os.fspath(folder)
@@ -279,10 +282,11 @@ def export_folder(folder: str | os.PathLike, out: str | os.PathLike | None = Non
     if is_adapter_folder(folder):
         raise ValueError(f"{folder} is a PEFT adapter folder; export a full model folder "
                          "(for LoRA: `bertkit merge-lora --adapter DIR --out FULL` first)")
+    out = os.fspath(out) if out is not None else os.path.join(folder, ONNX_FILE)
+    check_output_file(out, inputs={"--model": folder}, overwrite=overwrite, suffix=".onnx")
     config = BertConfig.from_pretrained(folder)
     names = [a for a in (config.architectures or []) if a in HEAD_CLASSES]
     model = HEAD_CLASSES[names[0] if names else "BertModel"].from_pretrained(folder, verbose=False)
-    out = os.fspath(out) if out is not None else os.path.join(folder, ONNX_FILE)
     return export_model(model, out, opset=opset, atol=atol,
                         metadata={_META_WEIGHTS: weights_fingerprint(folder)})
 
@@ -400,5 +404,5 @@ def load_for_onnx_inference(folder: str | os.PathLike, threads: int | None = Non
     recorded = model.metadata.get(_META_WEIGHTS)
     if recorded is not None and recorded != weights_fingerprint(folder):
         raise ValueError(f"{path} was exported from other weights than {folder} now holds "
-                         f"(was the folder trained again?); run `{command}` again")
+                         f"(was the folder trained again?); run `{command} --overwrite`")
     return model, load_tokenizer_for(folder, config)

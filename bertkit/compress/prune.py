@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bertkit.config import BertConfig
+from bertkit.outputs import output_folder
 
 REPORT_FILE = "prune.json"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
@@ -276,13 +277,15 @@ def _labelled_split(folder: str, data: str):
 
 def run_pruning(model_dir: str, out_dir: str, heads: float | None = None,
                 sparsity: float | None = None, data: str | None = None, scope: str = "global",
-                batch_size: int = 16) -> dict[str, Any]:
+                batch_size: int = 16, overwrite: bool = False) -> dict[str, Any]:
     """Prune ``model_dir`` into ``out_dir``: ``heads`` (a fraction of the attention heads, by
     importance on ``data``) or ``sparsity`` (a fraction of the encoder weights, by magnitude).
 
     With ``data`` (a labelled file of the folder's task) the model is evaluated on it before
     and after (the pruned folder as written, reloaded); head pruning also times both. Writes
     the model, the tokenizer files and ``prune.json``; prints the report; returns it.
+    ``out_dir`` is written as a whole at the end (:func:`bertkit.outputs.output_folder`): an
+    existing folder is refused unless ``overwrite``, and a failure leaves it as it was.
     """
     if (heads is None) == (sparsity is None):
         raise ValueError("give exactly one of heads (a fraction of attention heads) or sparsity "
@@ -302,8 +305,16 @@ def run_pruning(model_dir: str, out_dir: str, heads: float | None = None,
     if is_adapter_folder(model_dir):
         raise ValueError(f"{model_dir} is a PEFT adapter folder; merge it into a full model "
                          "first (bertkit merge-lora) and prune that")
-    if os.path.abspath(model_dir) == os.path.abspath(out_dir):
-        raise ValueError("--out must differ from --model (the original is the baseline)")
+    with output_folder(out_dir, inputs={"--model": model_dir, "--data": data},
+                       overwrite=overwrite) as staging:
+        report = _prune_into(model_dir, str(staging), heads, sparsity, data, scope, batch_size)
+    print(f"pruned folder: {out_dir} ({REPORT_FILE})")
+    return report
+
+
+def _prune_into(model_dir: str, out_dir: str, heads: float | None, sparsity: float | None,
+                data: str | None, scope: str, batch_size: int) -> dict[str, Any]:
+    """The work of :func:`run_pruning`, writing into ``out_dir``."""
     from bertkit.training.finetune import _headline, evaluate_folder
 
     report: dict[str, Any] = {"model": model_dir, "data": data}
@@ -365,5 +376,4 @@ def run_pruning(model_dir: str, out_dir: str, heads: float | None = None,
     with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
-    print(f"pruned folder: {out_dir} ({REPORT_FILE})")
     return report

@@ -58,6 +58,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from bertkit.outputs import check_output_folder, output_folder
+
 QUANT_METHOD = "bertkit_dynamic_int8"
 ACTIVATIONS = "dynamic_per_tensor_uint8_reduce_range"
 # Relative output error (see _relative_error) above which a layer stays fp32. On the fine-tuned
@@ -486,7 +488,8 @@ def _data_probe(model_dir: str, data: str, n: int) -> tuple[dict[str, torch.Tens
 def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
                     max_drop: float | None = None, batch_size: int = 64,
                     max_layer_error: float = DEFAULT_MAX_LAYER_ERROR,
-                    keep_fp32: Sequence[str] = (), probe_size: int = PROBE_SIZE) -> QuantizationReport:
+                    keep_fp32: Sequence[str] = (), probe_size: int = PROBE_SIZE,
+                    overwrite: bool = False) -> QuantizationReport:
     """Quantize the model folder ``model_dir`` into ``out_dir`` (what `bertkit quantize` runs).
 
     The probe batch comes from ``data`` when given (else :func:`probe_texts`). With ``data``
@@ -494,7 +497,8 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
     and ``report.scores`` holds their headline metric (accuracy, pearson or F1, in points) and
     ``drop`` = fp32 − int8; with ``max_drop`` a larger drop is a ValueError and nothing is
     written. ``out_dir`` gets the int8 model, the tokenizer files and ``quantize.json``
-    (the report).
+    (the report), written as a whole at the end (:func:`bertkit.outputs.output_folder`: an
+    existing folder is refused unless ``overwrite``; a failure leaves it as it was).
     """
     from bertkit.inference import load_for_inference
     from bertkit.config import BertConfig
@@ -503,8 +507,9 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise ValueError(f"{model_dir} has no config.json: quantize a full model folder (for a "
                          "PEFT adapter folder, merge it first: bertkit merge-lora)")
-    if os.path.abspath(out_dir) == os.path.abspath(model_dir):
-        raise ValueError("--out must differ from --model: quantizing replaces the fp32 weights")
+    # Checked now, before minutes of measuring; the folder itself is written at the end.
+    check_output_folder(out_dir, inputs={"--model": model_dir, "--data": data},
+                        overwrite=overwrite)
     if max_drop is not None and data is None:
         raise ValueError("--max-drop needs --data: the drop is measured on that file")
     if max_drop is not None and max_drop < 0:
@@ -538,15 +543,16 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
                              f"{max_drop:g}; nothing written (keep more layers fp32 with a lower "
                              f"--max-layer-error)")
 
-    os.makedirs(out_dir, exist_ok=True)
-    quantized.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    for name in ("special_tokens_map.json", "tokenizer.json"):  # carried if the source has them
-        if os.path.isfile(os.path.join(model_dir, name)):
-            shutil.copy2(os.path.join(model_dir, name), out_dir)
-    sizes = {"fp32_bytes": _weights_size(model_dir), "int8_bytes": _weights_size(out_dir)}
     from bertkit.training.finetune import _write_json
-    _write_json(os.path.join(out_dir, REPORT_FILE), {**dataclasses.asdict(report), **sizes,
-                                                     "source": os.path.abspath(model_dir)})
+    with output_folder(out_dir, inputs={"--model": model_dir, "--data": data},
+                       overwrite=overwrite) as staging:
+        quantized.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for name in ("special_tokens_map.json", "tokenizer.json"):  # carried if the source has them
+            if os.path.isfile(os.path.join(model_dir, name)):
+                shutil.copy2(os.path.join(model_dir, name), staging)
+        sizes = {"fp32_bytes": _weights_size(model_dir), "int8_bytes": _weights_size(staging)}
+        _write_json(os.path.join(staging, REPORT_FILE), {**dataclasses.asdict(report), **sizes,
+                                                         "source": os.path.abspath(model_dir)})
     report.scores.update(sizes)
     return report

@@ -33,6 +33,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 from bertkit.data.pretraining import split_sentences
+from bertkit.jsonfile import utf8_errors_named
 
 __all__ = [
     "Document",
@@ -338,8 +339,7 @@ def default_corpus_documents(
     path = Path(cache) if cache is not None else cache_dir()
     path = path / tag
     if path.exists():
-        with open(path, encoding="utf-8") as f:
-            return [Document(**json.loads(line)) for line in f if line.strip()]
+        return _read_cached_documents(path)
     start = time.perf_counter()
     documents = _documents_from_raw(_run_collector(_stdlib_modules(), walk_packages))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,6 +357,16 @@ def default_corpus_documents(
             file=sys.stderr,
         )
     return documents
+
+
+def _read_cached_documents(path: Path) -> list[Document]:
+    """The documents of a cache file, or a one-line ValueError naming it when it is damaged."""
+    try:
+        with utf8_errors_named(path), open(path, encoding="utf-8") as f:
+            return [Document(**json.loads(line)) for line in f if line.strip()]
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{path}: damaged corpus cache ({e}); delete the file to rebuild it") \
+            from None
 
 
 def write_default_corpus(

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from bertkit.data.tasks import TruncationWarning
+from bertkit.jsonfile import utf8_errors_named
 from bertkit.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
@@ -91,7 +92,7 @@ def _existing(path: str | os.PathLike) -> str:
 def _read_lines(path: str) -> list[str]:
     # -sig: a byte-order mark must not stick to the first text. Only "\n" ends a line: a text
     # may contain other Unicode line separators, which str.splitlines would split on.
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with utf8_errors_named(path), open(path, encoding="utf-8-sig", newline="") as f:
         text = f.read()
     lines = text.split("\n")
     if lines and lines[-1] == "":

@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from bertkit.jsonfile import utf8_errors_named
+
 IGNORE_INDEX = -100  # label value the loss skips (padding, special tokens, non-first sub-tokens)
 
 # Accepted text columns, tried in order: (first text, second text or None). "text_pair" is
@@ -152,7 +154,8 @@ def _open_text(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
-    with open(path, encoding="utf-8-sig") as f:  # -sig: a BOM must not stick to the header
+    # -sig: a BOM must not stick to the header.
+    with utf8_errors_named(path), open(path, encoding="utf-8-sig") as f:
         while chunk := f.read(1 << 16):
             if chunk.strip():
                 return path
@@ -206,7 +209,7 @@ def load_classification(path: str | os.PathLike, regression: bool = False,
 
 
 def _read_table(path: str, fmt: str) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with utf8_errors_named(path), open(path, encoding="utf-8-sig", newline="") as f:
         if fmt == "tsv":
             # GLUE TSVs contain bare quote characters inside sentences: no quote processing.
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -226,7 +229,7 @@ def _read_table(path: str, fmt: str) -> Iterable[tuple[int, dict]]:
 
 
 def _read_jsonl(path: str) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8-sig") as f:
+    with utf8_errors_named(path), open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -450,7 +453,7 @@ def load_conll(path: str | os.PathLike) -> list[NerSentence]:
             sentences.append(NerSentence(list(tokens), list(tags), list(lines)))
             tokens.clear(), tags.clear(), lines.clear()
 
-    with open(path, encoding="utf-8-sig") as f:
+    with utf8_errors_named(path), open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             columns = line.split()
             if not columns:
@@ -656,7 +659,7 @@ def load_squad(path: str | os.PathLike) -> list[QaExample]:
     if data_format(path) != "json":
         raise ValueError(f"{os.fspath(path)}: SQuAD data must be a .json file")
     path = _open_text(path)
-    with open(path, encoding="utf-8-sig") as f:
+    with utf8_errors_named(path), open(path, encoding="utf-8-sig") as f:
         try:
             doc = json.load(f)
         except json.JSONDecodeError as e:

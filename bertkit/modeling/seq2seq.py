@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertkit.config import SIZE_LIMITS, BertConfig, ConfigError, FieldChecker
 from bertkit.jsonfile import read_json_object
+from bertkit.outputs import as_user_file
 from bertkit.modeling.layers import (ACTIVATIONS, FeedForward, SelfAttention, attention,
                                      causal_mask_bias, init_transformer_weights, merge_heads,
                                      padding_mask_bias, split_heads)
@@ -52,6 +54,11 @@ IGNORE_INDEX = -100
 
 POSITION_ENCODINGS = ("sinusoidal", "learned")
 NORMS = ("post", "pre")
+# The bound of each size, shared with BERT's (bertkit.config.SIZE_LIMITS).
+SIZE_LIMIT_OF = {"vocab_size": "vocab_size", "d_model": "hidden_size",
+                 "num_heads": "num_attention_heads", "encoder_layers": "num_hidden_layers",
+                 "decoder_layers": "num_hidden_layers", "ffn_dim": "intermediate_size",
+                 "max_position_embeddings": "max_position_embeddings"}
 
 # Preset sizes. "base" and "big" are the paper's Table 3; "tiny" and "small" train on a CPU.
 SEQ2SEQ_SIZES = {
@@ -108,46 +115,58 @@ class Seq2SeqConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the offending field if the config cannot build a model."""
-        def fail(name: str, rule: str) -> None:
-            raise ValueError(f"Seq2SeqConfig.{name} {rule}, got {getattr(self, name)!r}")
+        """Raise :class:`~bertkit.config.ConfigError` (a ``ValueError``) naming the offending
+        field if the config cannot build a model."""
+        check = FieldChecker("Seq2SeqConfig")
 
-        for name in ("vocab_size", "d_model", "num_heads", "encoder_layers", "decoder_layers",
-                     "ffn_dim", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                fail(name, "must be a positive integer")
-        if self.tgt_vocab_size is not None and (not isinstance(self.tgt_vocab_size, int)
-                                                or self.tgt_vocab_size <= 0):
-            fail("tgt_vocab_size", "must be a positive integer or None (shared vocabulary)")
+        def fail(name: str, rule: str) -> None:
+            check.fail(name, f"{rule}, got {getattr(self, name)!r}")
+
+        for name, limit in SIZE_LIMIT_OF.items():
+            check.integer(name, getattr(self, name), SIZE_LIMITS[limit])
+        if self.tgt_vocab_size is not None:
+            check.integer("tgt_vocab_size", self.tgt_vocab_size, SIZE_LIMITS["vocab_size"])
         if self.d_model % self.num_heads:
-            raise ValueError(f"Seq2SeqConfig.d_model ({self.d_model}) must be divisible by "
-                             f"num_heads ({self.num_heads})")
+            check.fail("d_model", f"({self.d_model}) must be divisible by num_heads "
+                                  f"({self.num_heads})")
+        self._check_parameter_count(check)
         if self.position_encoding not in POSITION_ENCODINGS:
             fail("position_encoding", f"must be one of {POSITION_ENCODINGS}")
         if self.position_encoding == "sinusoidal" and self.d_model % 2:
             fail("d_model", "must be even for sinusoidal position encodings")
         if self.norm not in NORMS:
             fail("norm", f"must be one of {NORMS}")
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             fail("activation", f"must be one of {tuple(ACTIVATIONS)}")
         for name in ("dropout", "attention_dropout", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                fail(name, "must be in [0, 1)")
-        if not self.layer_norm_eps > 0:
-            fail("layer_norm_eps", "must be positive")
+            check.fraction(name, getattr(self, name))
+        check.positive("layer_norm_eps", self.layer_norm_eps)
+        for name in ("share_embeddings", "tie_output_embeddings", "scale_embedding",
+                     "layernorm_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "must be true or false")
         if self.share_embeddings and self.tgt_vocab_size not in (None, self.vocab_size):
-            raise ValueError(
-                f"Seq2SeqConfig.share_embeddings needs one vocabulary, but tgt_vocab_size "
-                f"({self.tgt_vocab_size}) differs from vocab_size ({self.vocab_size}); set "
-                "share_embeddings=False for separate vocabularies")
+            check.fail("share_embeddings", f"needs one vocabulary, but tgt_vocab_size "
+                       f"({self.tgt_vocab_size}) differs from vocab_size ({self.vocab_size}); set "
+                       "share_embeddings=False for separate vocabularies")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             smallest = min(self.vocab_size, self.target_vocab_size)
-            if not isinstance(value, int) or not 0 <= value < smallest:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < smallest:
                 fail(name, f"must be a token id below the vocabulary size ({smallest})")
         if self.model_type != MODEL_TYPE:
             fail("model_type", f"must be {MODEL_TYPE!r}")
+
+    def _check_parameter_count(self, check: FieldChecker) -> None:
+        d, ffn = self.d_model, self.ffn_dim
+        rows = self.vocab_size + self.max_position_embeddings
+        if not self.share_embeddings:
+            rows += 2 * self.target_vocab_size  # target embedding and output projection
+        layers = self.encoder_layers * (4 * d * d + 2 * d * ffn)
+        layers += self.decoder_layers * (8 * d * d + 2 * d * ffn)  # self- and cross-attention
+        check.parameter_count(rows * d + layers, {name: getattr(self, name) for name in (
+            "vocab_size", "d_model", "encoder_layers", "decoder_layers", "ffn_dim",
+            "max_position_embeddings")})
 
     @property
     def target_vocab_size(self) -> int:
@@ -180,7 +199,6 @@ class Seq2SeqConfig:
         learned positions, unscaled embeddings with a LayerNorm, BERT's activation and eps; the
         decoder gets the same sizes unless ``overrides`` say otherwise (``decoder_layers=...``).
         """
-        from bertkit.config import BertConfig
         token_ids: dict[str, int] = {}
         if not isinstance(bert, BertConfig):
             folder = os.fspath(bert)
@@ -229,8 +247,8 @@ class Seq2SeqConfig:
                              f"seq2seq model (expected {MODEL_TYPE!r})")
         try:
             return cls.from_dict(data)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+        except ConfigError as e:
+            raise e.in_file(path) from None
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         os.makedirs(folder, exist_ok=True)
@@ -854,6 +872,7 @@ class TransformerSeq2Seq(nn.Module):
         os.makedirs(folder, exist_ok=True)
         self.config.save_pretrained(folder)
         save_model(self, os.path.join(os.fspath(folder), WEIGHTS_NAME), metadata={"format": "pt"})
+        as_user_file(os.path.join(os.fspath(folder), WEIGHTS_NAME))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "TransformerSeq2Seq":

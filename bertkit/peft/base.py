@@ -39,6 +39,7 @@ from torch import nn
 from bertkit.jsonfile import read_json_object
 from bertkit.checkpoint import from_hf_name, read_state_dict, to_hf_name, unwrap_model
 from bertkit.config import BertConfig
+from bertkit.outputs import as_user_file, check_output_folder, output_folder
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -511,6 +512,7 @@ def save_adapter(model: PeftModel, folder: str | os.PathLike,
         f.write("\n")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
               os.path.join(folder, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    as_user_file(os.path.join(folder, ADAPTER_WEIGHTS_NAME))
 
 
 # ============================================================================ load
@@ -689,16 +691,23 @@ def _output_tensors(output: Any) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def merge_lora(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
-               base: str | os.PathLike | None = None, atol: float = 1e-5) -> dict[str, Any]:
+               base: str | os.PathLike | None = None, atol: float = 1e-5,
+               overwrite: bool = False) -> dict[str, Any]:
     """Write a plain full model folder (HF format: config.json + model.safetensors + the
     tokenizer files) with a LoRA / AdaLoRA adapter folded into the base weights.
 
     Before writing, the merged and unmerged models run on a probe batch (2 random sequences,
     one padded); if any output differs by more than ``atol`` nothing is written and a
-    ValueError gives the difference. Returns ``{"out_dir", "max_abs_diff"}``.
+    ValueError gives the difference. ``out_dir`` is written as a whole at the end
+    (:func:`bertkit.outputs.output_folder`): an existing folder is refused unless
+    ``overwrite``, and neither the adapter nor the base folder may be (or hold) ``out_dir``.
+    Returns ``{"out_dir", "max_abs_diff"}``.
     """
     adapter_dir, out_dir = os.fspath(adapter_dir), os.fspath(out_dir)
+    inputs = {"--adapter": adapter_dir, "--base": base}
+    check_output_folder(out_dir, inputs=inputs, overwrite=overwrite)
     peft = load_adapter(adapter_dir, base=base)
+    inputs["base model folder"] = peft.base_model_folder
     if not peft.method.mergeable:
         raise ValueError(f"{adapter_dir} holds a {peft.method.name} adapter; only lora and "
                          "adalora adapters can be merged into the base weights")
@@ -710,14 +719,13 @@ def merge_lora(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if not diff <= atol:
         raise ValueError(f"merging {adapter_dir} changes the outputs on a probe batch by "
                          f"{diff:.3g} (> {atol:g}); refusing to write {out_dir}")
+    tokenizer_source = next((source for source in (adapter_dir, peft.base_model_folder)
+                             if source and any(os.path.isfile(os.path.join(source, name))
+                                               for name in TOKENIZER_FILES)), None)
     model = peft.merge_and_unload()
-    model.save_pretrained(out_dir)
-    for source in (adapter_dir, peft.base_model_folder):
-        copied = False
+    with output_folder(out_dir, inputs=inputs, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
         for name in TOKENIZER_FILES:
-            if source and os.path.isfile(os.path.join(source, name)):
-                shutil.copyfile(os.path.join(source, name), os.path.join(out_dir, name))
-                copied = True
-        if copied:
-            break
+            if tokenizer_source and os.path.isfile(os.path.join(tokenizer_source, name)):
+                shutil.copyfile(os.path.join(tokenizer_source, name), staging / name)
     return {"out_dir": out_dir, "max_abs_diff": diff}

@@ -12,11 +12,17 @@ Routes (``/v1`` ones need ``Authorization: Bearer <key>`` when keys are configur
 Model calls go through a :class:`~bertkit.serve.batching.MicroBatcher`; every request is
 counted in Prometheus metrics and written as one JSON line to the ``bertkit.serve.access``
 logger (method, path, route, status, duration, input count -- never keys, headers or texts).
+
+Bounds: the work held at once (``max_queued_tokens``, else 429 with Retry-After), the wait for
+the model (``request_timeout``, else 503), work for a client that has gone (dropped), metric
+label values (fixed sets), the Host names answered (``allowed_hosts``, else 400), POST bodies
+(application/json only, else 415). With API keys, the open routes say nothing of the model.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route functions'
 # annotations (Request) at runtime, and those classes are imported inside create_app.
 
+import asyncio
 import json
 import logging
 import math
@@ -26,9 +32,11 @@ import time
 import traceback
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
-from bertkit.serve.auth import KeyChecker, check_bind, load_api_keys
+from bertkit.serve.auth import (KeyChecker, allowed_host_names, check_allowed_hosts, check_bind,
+                                host_allowed, load_api_keys)
+from bertkit.serve.batching import MicroBatcher, QueueFull
 from bertkit.serve.limits import (ApiError, Limits, boolean, check_fields, integer,
                                   read_json_object, same_length, text_list)
 
@@ -56,6 +64,9 @@ class ServeConfig:
     max_chars: int = 10_000
     max_body_bytes: int = 1_000_000
     graceful_timeout: float = 30.0
+    max_queued_tokens: int = 65_536    # tokens queued or running at once; more: 429
+    request_timeout: float = 30.0      # seconds a request may wait for the model; then 503
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names beyond the defaults
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -68,6 +79,16 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.max_padding <= 1:
             raise ValueError(f"max_padding must be between 0 and 1, got {self.max_padding}")
+        if isinstance(self.max_queued_tokens, bool) or not isinstance(self.max_queued_tokens, int) \
+                or self.max_queued_tokens < 1:
+            raise ValueError(f"max_queued_tokens must be a whole number of at least 1, got "
+                             f"{self.max_queued_tokens!r}")
+        if isinstance(self.request_timeout, bool) \
+                or not isinstance(self.request_timeout, (int, float)) \
+                or not 0 < self.request_timeout < math.inf:
+            raise ValueError(f"request_timeout must be a number of seconds above 0, got "
+                             f"{self.request_timeout!r}")
+        self.allowed_hosts = check_allowed_hosts(self.allowed_hosts)
 
     @property
     def limits(self) -> Limits:
@@ -136,12 +157,21 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                              "TRACE", "PATCH"})
+
+
 class _AccessMiddleware:
     """Counts, times and logs every HTTP request; answers an unexpected error with a JSON 500
-    so that the client gets the usual error shape and the server keeps going."""
+    so that the client gets the usual error shape and the server keeps going.
 
-    def __init__(self, app, metrics: Metrics, logger: logging.Logger):
-        self.app, self.metrics, self.logger = app, metrics, logger
+    Metric label values come from fixed sets -- the app's route templates and the standard
+    methods, anything else "other" -- so made-up paths and methods cannot grow /metrics (each
+    new label value is a new series, kept for the life of the process).
+    """
+
+    def __init__(self, app, metrics: Metrics, logger: logging.Logger, routes: frozenset[str]):
+        self.app, self.metrics, self.logger, self.routes = app, metrics, logger, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -174,12 +204,13 @@ class _AccessMiddleware:
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - start
-            route_obj = scope.get("route")
-            route = getattr(route_obj, "path", None) or "<unmatched>"  # bounded label values
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            route = getattr(scope.get("route"), "path", None)
+            route = route if route in self.routes else "other"
+            method = scope["method"] if scope["method"] in STANDARD_METHODS else "other"
+            self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
-            entry = {"event": "request", "request_id": request_id, "method": scope["method"],
-                     "path": scope["path"], "route": route, "status": status,
+            entry = {"event": "request", "request_id": request_id, "method": scope["method"][:32],
+                     "path": scope["path"][:512], "route": route, "status": status,
                      "duration_ms": round(elapsed * 1000, 2),
                      "client": (scope.get("client") or ("", 0))[0]}
             inputs = (scope.get("state") or {}).get("inputs")
@@ -189,6 +220,30 @@ class _AccessMiddleware:
                 self.logger.error(entry, exc_info=(type(error), error, error.__traceback__))
             else:
                 self.logger.info(entry)
+
+
+class _HostMiddleware:
+    """Answers 400 ``invalid_host`` to a request whose Host header is not on the allow-list
+    (``names``; None: any), before any route runs. A keyless server on 127.0.0.1 is safe from
+    other machines but not from a web page in the user's browser whose domain was re-pointed
+    at 127.0.0.1 (DNS rebinding): such requests carry the page's domain as their Host."""
+
+    def __init__(self, app, names: frozenset[str] | None):
+        self.app, self.names = app, names
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.names is None:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host")
+        host = None if host is None else host.decode("latin-1")
+        if host_allowed(host, self.names):
+            return await self.app(scope, receive, send)
+        error = ApiError(400, "invalid_host", f"this server does not answer to the host "
+                         f"{host[:100]!r}; it takes " + ", ".join(sorted(self.names))
+                         + " (add names with --allowed-hosts)")
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(error.body()).encode()})
 
 
 class _JSON:
@@ -234,7 +289,6 @@ def create_app(config: ServeConfig, served=None):
     from fastapi.security import HTTPBearer
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from bertkit.serve.batching import MicroBatcher
     from bertkit.serve.engine import load_served_model
     from bertkit.serve.page import render_page
 
@@ -243,17 +297,20 @@ def create_app(config: ServeConfig, served=None):
     if served is None:
         served = load_served_model(config.model, runtime=config.runtime, device=config.device)
     info = served.info()
+    # With keys, what /v1/info tells (name, task, labels ...) is for key holders only: the
+    # open routes (/, /readyz, /docs, /metrics) leave it out.
+    public = {"runtime": info["runtime"]} if keys.enabled else info
     metrics = Metrics()
     metrics.model.info({k: json.dumps(v) if isinstance(v, (list, type(None))) else str(v)
-                        for k, v in info.items()})
+                        for k, v in public.items()})
     access_log, server_log = _json_logger(ACCESS_LOG), _json_logger(SERVER_LOG)
 
-    def run(key, items):
-        results, stats = served.run(key, items, config.max_padding)
+    def run(key, items, wanted):
+        results, stats = served.run(key, items, config.max_padding, wanted)
         route = key[0]
         metrics.tokens.labels(route).inc(stats["tokens"])
         metrics.truncated.labels(route).inc(stats["truncated"])
-        metrics.inputs.labels(route).inc(len(items))
+        metrics.inputs.labels(route).inc(stats["inputs"])
         for size in stats["forward_sizes"]:
             metrics.batch_size.labels(route).observe(size)
         return results
@@ -262,7 +319,8 @@ def create_app(config: ServeConfig, served=None):
         metrics.batch_requests.labels(key[0]).observe(n_requests)
 
     batcher = MicroBatcher(run, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                           enabled=config.batching, on_batch=on_batch)
+                           enabled=config.batching, on_batch=on_batch,
+                           max_queued=config.max_queued_tokens)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -272,21 +330,26 @@ def create_app(config: ServeConfig, served=None):
                          "auth": keys.enabled, "batching": config.batching,
                          "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                          "max_padding": config.max_padding,
+                         "max_queued_tokens": config.max_queued_tokens,
+                         "request_timeout": config.request_timeout,
+                         "allowed_hosts": "any" if hosts is None else sorted(hosts),
                          "pid": os.getpid()})
         yield
         await batcher.stop()  # uvicorn has let in-flight requests finish before this
         server_log.info({"event": "shutdown", "pid": os.getpid()})
 
+    hosts = allowed_host_names(config.host, config.allowed_hosts)
     app = FastAPI(title="bertkit serve", version=_version(), lifespan=lifespan,
-                  description=f"Model **{info['name']}** (task: {info['task']}, "
-                              f"architecture: {info['architecture']}). Routes under `/v1` "
-                              + ("need `Authorization: Bearer <key>`." if keys.enabled
-                                 else "are open (no API keys configured)."))
+                  description=("The model is described by `GET /v1/info`. Routes under `/v1` "
+                               "need `Authorization: Bearer <key>`." if keys.enabled else
+                               f"Model **{info['name']}** (task: {info['task']}, architecture: "
+                               f"{info['architecture']}). Routes under `/v1` are open (no API "
+                               "keys configured)."))
     app.state.served, app.state.batcher, app.state.metrics = served, batcher, metrics
 
     # ---------------------------------------------------------------- errors
     def error_response(error: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else error.headers
         return _JSON.response(error.body(), error.status, headers)
 
     @app.exception_handler(ApiError)
@@ -320,14 +383,7 @@ def create_app(config: ServeConfig, served=None):
 
     async def call_model(request: Request, key: tuple, items: list) -> list:
         request.state.inputs = len(items)
-        try:
-            return await batcher.submit(key, items)
-        except (ValueError, TypeError) as e:  # the input, not the server (e.g. a lost [MASK])
-            raise ApiError(422, "invalid_input", str(e)) from None
-        except RuntimeError as e:
-            if not batcher.running:
-                raise ApiError(503, "shutting_down", str(e)) from None
-            raise
+        return await _answer_within_limits(request, batcher, served, config, key, items)
 
     def unsupported(route: str, code: str, need: str):
         return ApiError(404, code, f"model {info['name']} ({info['architecture']}) cannot answer "
@@ -345,7 +401,8 @@ def create_app(config: ServeConfig, served=None):
         predict_doc = _request_schema({"texts": STRINGS, "text_pairs": STRINGS}, ["texts"],
                                       {"texts": ["a text to classify"]})
 
-    @v1.post("/predict", summary=f"predict ({task or 'no task head'})",
+    @v1.post("/predict", summary="predict" if keys.enabled else
+             f"predict ({task or 'no task head'})",
              openapi_extra=predict_doc,
              description="One prediction per input, in order -- as `bertkit predict` answers: "
                          "classification {label, probabilities}, regression {score}, NER "
@@ -427,6 +484,8 @@ def create_app(config: ServeConfig, served=None):
     async def readyz():
         if not batcher.running:
             return error_response(ApiError(503, "not_ready", "the model worker is not running"))
+        if keys.enabled:
+            return {"status": "ready"}
         return {"status": "ready", "model": info["name"], "task": info["task"]}
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
@@ -434,14 +493,62 @@ def create_app(config: ServeConfig, served=None):
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    page = render_page(info, auth=keys.enabled)
+    page = render_page(None if keys.enabled else info, auth=keys.enabled)
 
     @app.get("/", include_in_schema=False)
     async def index():
         return HTMLResponse(page)
 
-    app.add_middleware(_AccessMiddleware, metrics=metrics, logger=access_log)
+    app.add_middleware(_HostMiddleware, names=hosts)  # the last added runs first: the access
+    routes = frozenset(getattr(route, "path", None) for route in [*app.routes, *v1.routes])
+    app.add_middleware(_AccessMiddleware, metrics=metrics, logger=access_log,  # log sees all
+                       routes=routes - {None})
     return app
+
+
+async def _answer_within_limits(request, batcher: MicroBatcher, served, config: ServeConfig,
+                                key: tuple, items: list) -> list:
+    """The model's answers for ``items``, within the queue bound (429) and the request
+    timeout (503); the job is dropped as soon as the client disconnects (see batching.py)."""
+    # Counting tokens is cheap next to the model, but not free: off the event loop.
+    cost = sum((await asyncio.to_thread(served.token_lengths, key[0], items))[0])
+    job = asyncio.ensure_future(batcher.submit(key, items, cost))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({job, gone}, timeout=config.request_timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this task is cancelled: the job must not outlive its request
+        gone.cancel()
+        job.cancel()  # a no-op once it is done
+    if job in done:
+        return _model_answer(job, batcher)
+    if gone in done:  # nobody reads this answer; the access log shows the status
+        raise ApiError(499, "client_closed_request", "the client closed the connection")
+    raise ApiError(503, "timeout", f"no answer within the request timeout of "
+                   f"{config.request_timeout:g} s; the server is busy, try again later",
+                   headers={"Retry-After": str(math.ceil(config.request_timeout))})
+
+
+def _model_answer(job: asyncio.Future, batcher: MicroBatcher) -> list:
+    """A finished job's result, its errors turned into the answers the client gets."""
+    try:
+        return job.result()
+    except QueueFull as e:
+        raise ApiError(429, "queue_full", str(e),
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    except (ValueError, TypeError) as e:  # the input, not the server (e.g. a lost [MASK])
+        raise ApiError(422, "invalid_input", str(e)) from None
+    except RuntimeError as e:
+        if not batcher.running:
+            raise ApiError(503, "shutting_down", str(e)) from None
+        raise
+
+
+async def _client_gone(request) -> None:
+    """Returns once the client has closed the connection (call after reading the body: the
+    server's next message is then ``http.disconnect``, when it comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _version() -> str:

@@ -13,6 +13,12 @@ share a call. The model runs in one thread, so calls never compete for the cores
 runs, new requests queue up and form the next batch. If a grouped call fails, each request is
 run alone, so a bad input fails only the request that sent it.
 
+The work a server accepts is bounded: each job counts its tokens from :meth:`submit` until
+its call is over, and a job that would take the count over ``max_queued`` is refused
+(:class:`QueueFull`, answered 429). A job whose request went away (the client closed the
+connection, or its time ran out: the awaiting task was cancelled) is dropped: never run if
+it is still queued, and skipped between forward passes (``wanted``) if its call has begun.
+
 Inside a call, :func:`length_buckets` sorts the items by token count and cuts them into
 forward passes of similar length. Padding is real work on a CPU: a batch of texts of 5 to 150
 tokens padded to the longest costs about twice the same texts run one by one (measured with
@@ -25,39 +31,64 @@ lengths do not.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     key: Hashable
     items: list
     future: asyncio.Future
+    cost: int = 0            # tokens, held in the queue's count until the job is over
+    started: bool = False    # handed to ``run``: its tokens are released when the call ends
+    dropped: bool = False    # the request went away: skip what has not run yet
+    counted: bool = True
+
+
+class QueueFull(Exception):
+    """The server holds as much work as ``max_queued`` allows; try again in ``retry_after`` s."""
+
+    def __init__(self, queued: int, limit: int, retry_after: int):
+        super().__init__(f"the server is busy: {queued} tokens are queued, the limit is {limit}; "
+                         f"retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 class MicroBatcher:
-    """Groups concurrent :meth:`submit` calls into calls of ``run(key, items) -> results``.
+    """Groups concurrent :meth:`submit` calls into calls of ``run(key, items, wanted)``.
 
     Args:
         run: a blocking function returning one result per item, in order (runs in a thread).
+            It may ask ``wanted(i)`` between pieces of work and skip item ``i`` when False
+            (its request has gone; its result is ignored).
         max_batch: the most items grouped into one call (a single larger request still runs
             whole: ``run`` cuts it into batches itself).
         max_wait_ms: how long the first request of a group waits for company.
         enabled: False runs every request alone, in arrival order (for comparison).
         on_batch: called as ``on_batch(key, n_items, n_requests)`` after each call.
+        max_queued: the most tokens (the ``cost`` of :meth:`submit`) held at once, queued or
+            running (None: no bound). A job is always taken when nothing else is held, so a
+            request the per-request limits allow never waits forever.
     """
 
-    def __init__(self, run: Callable[[Hashable, list], list], max_batch: int = 32,
-                 max_wait_ms: float = 5.0, enabled: bool = True,
-                 on_batch: Callable[[Hashable, int, int], None] | None = None):
+    def __init__(self, run: Callable[[Hashable, list, Callable[[int], bool]], list],
+                 max_batch: int = 32, max_wait_ms: float = 5.0, enabled: bool = True,
+                 on_batch: Callable[[Hashable, int, int], None] | None = None,
+                 max_queued: int | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if max_queued is not None and max_queued < 1:
+            raise ValueError(f"max_queued must be at least 1, got {max_queued}")
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
-        self.enabled, self.on_batch = enabled, on_batch
+        self.enabled, self.on_batch, self.max_queued = enabled, on_batch, max_queued
+        self.queued_tokens = 0
+        self._tokens_per_second: float | None = None  # measured, for Retry-After
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -84,15 +115,41 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
         self._task = None
 
-    async def submit(self, key: Hashable, items: list) -> list:
-        """Run ``items`` (grouped with other requests' items of the same key); their results."""
+    async def submit(self, key: Hashable, items: list, cost: int = 0) -> list:
+        """Run ``items`` (grouped with other requests' items of the same key); their results.
+
+        ``cost`` (tokens) counts against ``max_queued``; :class:`QueueFull` when it does not
+        fit. Cancelling the awaiting task drops the job.
+        """
         if not self.running:
             raise RuntimeError("the model worker is not running (the server is shutting down)")
         if not items:
             return []
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(key, list(items), future))
-        return await future
+        if (self.max_queued is not None and self.queued_tokens > 0
+                and self.queued_tokens + cost > self.max_queued):
+            raise QueueFull(self.queued_tokens, self.max_queued, self._retry_after())
+        job = _Job(key, list(items), asyncio.get_running_loop().create_future(), cost)
+        self.queued_tokens += cost
+        job.future.add_done_callback(lambda _: self._on_done(job))
+        await self._queue.put(job)
+        return await job.future
+
+    def _on_done(self, job: _Job) -> None:
+        if job.future.cancelled():
+            job.dropped = True  # read by the model thread between passes (a plain flag)
+        if not job.started:     # never run: nothing holds its tokens any more
+            self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        if job.counted:
+            self.queued_tokens -= job.cost
+            job.counted = False
+
+    def _retry_after(self) -> int:
+        """Seconds until the work held now is likely done (1-60; 1 before any measurement)."""
+        if not self._tokens_per_second:
+            return 1
+        return max(1, min(60, math.ceil(self.queued_tokens / self._tokens_per_second)))
 
     # ------------------------------------------------------------------ worker
     async def _worker(self) -> None:
@@ -101,6 +158,8 @@ class MicroBatcher:
             job = await self._queue.get()
             if job is None:
                 break
+            if job.future.done():  # dropped while queued: never run
+                continue
             jobs = [job]
             if self.enabled:
                 stop = await self._gather(jobs)
@@ -128,22 +187,37 @@ class MicroBatcher:
                     break
             if job is None:
                 return True
-            jobs.append(job)
-            count += len(job.items)
+            if not job.future.done():
+                jobs.append(job)
+                count += len(job.items)
         return False
 
     async def _run_group(self, key: Hashable, group: list[_Job]) -> None:
+        for job in group:
+            if job.future.done():  # dropped while gathering (or during a failed group call)
+                self._release(job)
+        group = [job for job in group if not job.future.done()]
+        if not group:
+            return
         loop = asyncio.get_running_loop()
         items = [item for job in group for item in job.items]
+        owners = [job for job in group for _ in job.items]
+        for job in group:
+            job.started = True
+        start = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._executor, self.run, key, items)
+            results = await loop.run_in_executor(self._executor, self.run, key, items,
+                                                 lambda i: not owners[i].dropped)
         except Exception as error:  # noqa: BLE001 -- handed to the request(s)
             if len(group) > 1:  # find the request at fault: run each alone
                 for job in group:
+                    job.started = False
                     await self._run_group(key, [job])
                 return
+            self._finish(group)
             _resolve(group[0].future, error=error)
             return
+        self._finish(group, time.perf_counter() - start)
         if self.on_batch is not None:
             self.on_batch(key, len(items), len(group))
         if len(results) != len(items):
@@ -155,6 +229,16 @@ class MicroBatcher:
         for job in group:
             _resolve(job.future, results[start:start + len(job.items)])
             start += len(job.items)
+
+    def _finish(self, group: list[_Job], seconds: float | None = None) -> None:
+        """Release the group's tokens; measure the speed that Retry-After is estimated from."""
+        tokens = sum(job.cost for job in group if not job.dropped)
+        for job in group:
+            self._release(job)
+        if seconds and tokens:
+            rate = tokens / seconds
+            old = self._tokens_per_second
+            self._tokens_per_second = rate if old is None else 0.8 * old + 0.2 * rate
 
 
 def length_buckets(lengths: list[int], max_batch: int,

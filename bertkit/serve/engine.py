@@ -13,7 +13,7 @@ PEFT adapter folder), or a plain encoder / pretraining folder. What it can answe
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -69,41 +69,55 @@ class ServedModel:
         The length limit is the folder's max length for /v1/predict (QA contexts are windowed,
         nothing is cut), the tokenizer's for /v1/embed and /v1/fill-mask.
         """
+        lengths, cut = self._lengths(route, items)
+        return lengths, sum(cut)
+
+    def _lengths(self, route: str, items: list) -> tuple[list[int], list[bool]]:
+        """:meth:`token_lengths`, with a truncated flag per item."""
         segments = [item if isinstance(item, tuple) else (item,) for item in items]
         ids = iter(self.tokenizer.encode_plain([t for seg in segments for t in seg]))
         limit = self.max_length if route == "predict" else self.tokenizer.model_max_length
         windowed = route == "predict" and self.task == "qa"
-        lengths, truncated = [], 0
+        lengths, cut = [], []
         for seg in segments:
             length = sum(len(next(ids)) for _ in seg) + len(seg) + 1   # [CLS] a [SEP] (b [SEP])
-            if length > limit and not windowed:
-                truncated += 1
-                length = limit
-            lengths.append(length)
-        return lengths, truncated
+            cut.append(length > limit and not windowed)
+            lengths.append(limit if cut[-1] else length)
+        return lengths, cut
 
-    def run(self, key: Hashable, items: list, max_padding: float = 0.25) -> tuple[list, dict]:
+    def run(self, key: Hashable, items: list, max_padding: float = 0.25,
+            wanted: Callable[[int], bool] | None = None) -> tuple[list, dict]:
         """One micro-batch: ``key`` is (route, option..., max_batch). Returns one result per
-        item, in order, and stats: ``tokens``, ``truncated``, ``forward_sizes`` (items per
-        forward pass; passes group texts of similar length, see
-        :func:`bertkit.serve.batching.length_buckets`)."""
+        item, in order, and stats: ``inputs`` and ``tokens`` computed, ``truncated``,
+        ``forward_sizes`` (items per forward pass; passes group texts of similar length, see
+        :func:`bertkit.serve.batching.length_buckets`).
+
+        ``wanted(i)`` is asked before each forward pass: items whose request has gone (the
+        client closed the connection, or its time ran out) are skipped and get None, so
+        abandoned work costs at most the pass already running.
+        """
         from bertkit.serve.batching import length_buckets
+        wanted = wanted or (lambda i: True)
         route, *options = key
-        lengths, truncated = self.token_lengths(route, items)
+        lengths, cut = self._lengths(route, items)
         if route == "fill-mask":
             from bertkit.inference import fill_mask
             top_k, = options
-            results = [fill_mask(self.model, self.tokenizer, text, top_k) for text in items]
-            return results, {"tokens": sum(lengths), "truncated": truncated,
-                             "forward_sizes": [1] * len(items)}
-        if route == "predict" and self.task == "qa":  # windows its contexts itself: one call
+            passes = [[i] for i in range(len(items))]  # fill_mask takes one text a call
+        elif route == "predict" and self.task == "qa":  # windows its contexts itself: one call
             passes = [list(range(len(items)))]
         else:
             passes = length_buckets(lengths, options[-1], max_padding)
         results: list = [None] * len(items)
+        done: list[list[int]] = []
         for indices in passes:
+            indices = [i for i in indices if wanted(i)]
+            if not indices:
+                continue
             chunk = [items[i] for i in indices]
-            if route == "predict":
+            if route == "fill-mask":
+                out = [fill_mask(self.model, self.tokenizer, chunk[0], top_k)]
+            elif route == "predict":
                 out = self._predict(chunk, batch_size=options[-1])
             elif route == "embed":
                 from bertkit.inference import embed
@@ -113,8 +127,11 @@ class ServedModel:
                 raise ValueError(f"unknown route {route!r}")
             for i, result in zip(indices, out):
                 results[i] = result
-        return results, {"tokens": sum(lengths), "truncated": truncated,
-                         "forward_sizes": [len(p) for p in passes]}
+            done.append(indices)
+        return results, {"inputs": sum(len(p) for p in done),
+                         "tokens": sum(lengths[i] for p in done for i in p),
+                         "truncated": sum(cut[i] for p in done for i in p),
+                         "forward_sizes": [len(p) for p in done]}
 
     def _predict(self, items: list, batch_size: int) -> list:
         if self.task == "qa":

@@ -4,13 +4,18 @@ Every bad request gets a 4xx answer ``{"error": {"code": ..., "message": ...}}``
 what was wrong and where (``texts[3]``), and the server goes on serving:
 
 =====  ======================================================================
-400    ``empty_body``, ``invalid_utf8``, ``invalid_json``
+400    ``empty_body``, ``invalid_utf8``, ``invalid_json`` (also JSON nested too
+       deeply to parse), ``invalid_host`` (a Host header not on the allow-list)
 401    ``unauthorized`` (auth.py)
 404    ``not_found``, ``no_task_head``, ``no_mlm_head``, ``no_encoder``
 413    ``body_too_large``, ``too_many_texts``, ``text_too_long``
+415    ``unsupported_media_type`` (a POST whose Content-Type is not application/json)
 422    ``invalid_type``, ``missing_field``, ``unknown_field``, ``empty_input``,
        ``empty_text``, ``invalid_text``, ``length_mismatch``, ``no_mask_token``,
        ``invalid_input``
+429    ``queue_full`` (with ``Retry-After``: the server holds all the work it takes)
+499    ``client_closed_request`` (logged only: the client has gone, its work dropped)
+503    ``timeout`` (no answer within the request timeout), ``shutting_down``
 =====  ======================================================================
 """
 
@@ -24,9 +29,10 @@ from typing import Any
 class ApiError(Exception):
     """An error answered to the client as ``{"error": {"code", "message"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
@@ -55,8 +61,15 @@ async def read_json_object(request, limits: Limits) -> dict:
     """The request's body parsed as a JSON object, within ``limits.max_body_bytes``.
 
     The size is checked on the Content-Length header and again while reading (a chunked
-    body has none), so an oversized body is never held in memory whole.
+    body has none), so an oversized body is never held in memory whole. The Content-Type
+    must be application/json: a browser sends a cross-site POST of another type (a form,
+    text/plain) without asking the server first, and a JSON one only after a CORS
+    preflight that this server never grants.
     """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "the request body must be sent with "
+                       f"'Content-Type: application/json', got {media_type or 'none'!r}"[:200])
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
         raise ApiError(413, "body_too_large", f"the request body is {int(declared)} bytes; "
@@ -80,6 +93,9 @@ async def read_json_object(request, limits: Limits) -> dict:
     except json.JSONDecodeError as e:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {e.msg} "
                        f"(line {e.lineno}, column {e.colno})") from None
+    except RecursionError:  # e.g. 200,000 "[": the parser's recursion limit, not a bug
+        raise ApiError(400, "invalid_json", "the request body is JSON nested too deeply "
+                       "to read") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_type", f"the request body must be a JSON object such as "
                        f'{{"texts": ["..."]}}, got {_json_type(data)}')

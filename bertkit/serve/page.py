@@ -1,8 +1,10 @@
 """The try-it page at ``/``: a text box, a button, the result and its latency.
 
 Kept in a .py module (not a package-data file) so that it ships with any install of the
-package. The model's info is put into the page as JSON; the page calls the same ``/v1``
-routes any client does (with the API key typed into it, kept only in the page's memory).
+package. The page calls the same ``/v1`` routes any client does (with the API key typed into
+it, kept only in the page's memory). Without API keys the model's info is put into the page
+as JSON; with keys the page holds nothing about the model and reads ``/v1/info`` with the
+key the user types, so it shows no more than the key allows.
 """
 
 from __future__ import annotations
@@ -66,12 +68,38 @@ _PAGE = """<!doctype html>
 <script id="model-info" type="application/json">__INFO__</script>
 <script>
 "use strict";
-const INFO = JSON.parse(document.getElementById("model-info").textContent);
+let INFO = JSON.parse(document.getElementById("model-info").textContent);
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-$("meta").textContent = `model ${INFO.name} · task ${INFO.task} · ${INFO.architecture} · ${INFO.runtime}`;
-if (INFO.auth) $("key-box").classList.remove("hidden");
-for (const r of INFO.routes) $("route").add(new Option("/v1/" + r, r));
+function showModel() {
+  $("meta").textContent = `model ${INFO.name} · task ${INFO.task} · ${INFO.architecture} · ${INFO.runtime}`;
+  const select = $("route"), chosen = select.value;
+  select.replaceChildren(...INFO.routes.map((r) => new Option("/v1/" + r, r)));
+  if (INFO.routes.includes(chosen)) select.value = chosen;
+  layout();
+}
+// With API keys the page knows nothing of the model until /v1/info answers to the key.
+async function loadInfo() {
+  if (!$("key").value) return false;
+  try {
+    const resp = await fetch("/v1/info", {headers: {Authorization: "Bearer " + $("key").value}});
+    if (!resp.ok) {
+      if (!INFO.routes) $("meta").textContent = `API key refused (${resp.status}): type a valid key`;
+      return false;
+    }
+    INFO = {...(await resp.json()), auth: true};
+    showModel();
+    return true;
+  } catch (err) {
+    if (!INFO.routes) $("meta").textContent = String(err);
+    return false;
+  }
+}
+if (INFO.auth) {
+  $("key-box").classList.remove("hidden");
+  $("meta").textContent = "API key needed: type it to see the model";
+  $("key").addEventListener("change", loadInfo);
+}
 function layout() {
   const route = $("route").value, qa = route === "predict" && INFO.task === "qa";
   $("qa-box").classList.toggle("hidden", !qa);
@@ -80,7 +108,7 @@ function layout() {
   if (route === "fill-mask" && !$("text").value) $("text").value = "the [MASK] sat on the mat.";
 }
 $("route").addEventListener("change", layout);
-layout();
+if (INFO.routes) showModel();
 function body(route) {
   if (route === "predict" && INFO.task === "qa") return {questions: [$("question").value], contexts: [$("context").value]};
   const b = {texts: [$("text").value]};
@@ -112,6 +140,10 @@ function summarise(route, data) {
   return `<p>answer: <b>${esc(p.answer || "(no answer)")}</b> (score ${Number(p.score).toFixed(3)})</p>`;
 }
 async function run() {
+  if (!INFO.routes && !(await loadInfo())) {
+    $("summary").innerHTML = `<p class="error">${esc($("meta").textContent)}</p>`;
+    return;
+  }
   const route = $("route").value, headers = {"Content-Type": "application/json"};
   if ($("key").value) headers.Authorization = "Bearer " + $("key").value;
   $("run").disabled = true; $("status").textContent = "running…";
@@ -141,8 +173,11 @@ $("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlK
 """
 
 
-def render_page(info: dict, auth: bool) -> str:
-    """The page for a model described by ``info`` (:meth:`ServedModel.info`)."""
+def render_page(info: dict | None, auth: bool) -> str:
+    """The page for a model described by ``info`` (:meth:`ServedModel.info`); ``info`` None
+    (with ``auth``): a page that holds nothing about the model and asks for a key first."""
+    info = info or {}
     # "</" inside the JSON would end the <script> element early.
     data = json.dumps({**info, "auth": auth}).replace("</", "<\\/")
-    return _PAGE.replace("__NAME__", html.escape(str(info.get("name", "")))).replace("__INFO__", data)
+    title = html.escape(str(info.get("name", "model")))
+    return _PAGE.replace("__NAME__", title).replace("__INFO__", data)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertkit.checkpoint import check_vocab_fits
 from bertkit.config import BertConfig
 from bertkit.data.tasks import (ClassificationExample, NerSentence, PaddingCollator, QaExample,
                                 TaskDataset, build_label_map, check_labels,
@@ -42,6 +43,7 @@ from bertkit.data.tasks import (ClassificationExample, NerSentence, PaddingColla
 from bertkit.modeling.bert import (BertForQuestionAnswering, BertForSequenceClassification,
                                    BertForTokenClassification)
 from bertkit.tokenizer import Tokenizer
+from bertkit.training.run import run_in_output_folder
 from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, set_seed,
                                       setup_distributed)
 
@@ -167,13 +169,6 @@ def _encode(task: str, examples: Sequence, tokenizer: Tokenizer, settings: dict,
                      max_query_length=settings["bertkit_max_query_length"])
 
 
-def _check_fit(folder: str, config: BertConfig, tokenizer: Tokenizer) -> None:
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"{folder}: vocab.txt has {tokenizer.vocab_size} tokens but the model's "
-                         f"vocab_size is {config.vocab_size}: the vocab does not belong to this "
-                         "model (token ids past the embedding table)")
-
-
 def _resolve_max_length(cfg: FinetuneConfig, config: BertConfig) -> int:
     limit = config.max_position_embeddings
     if cfg.max_length is None:
@@ -296,7 +291,7 @@ def _for_json(metrics: dict) -> dict:
 
 
 def run_finetuning(cfg: FinetuneConfig, training: TrainingConfig,
-                   resume_from: str | None = None) -> FinetuneResult:
+                   resume_from: str | None = None, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.task`` and write the output folder ``training.out_dir``.
 
     Steps: load the tokenizer from the model folder (a ValueError when its vocab does not fit
@@ -309,16 +304,27 @@ def run_finetuning(cfg: FinetuneConfig, training: TrainingConfig,
     ``{"dev": {...}, "test": {...}}`` (a split that was not given is left out). Prints the
     classification / entity report at the end.
 
-    Under torchrun every rank calls this; rank 0 evaluates and writes.
+    The run writes into ``OUT.partial`` and moves it to ``training.out_dir`` at the end
+    (:func:`bertkit.outputs.output_folder`): an existing non-empty folder is refused unless
+    ``resume_from`` continues it or ``overwrite`` replaces it, and a failed run leaves it as it
+    was. Under torchrun every rank calls this; rank 0 evaluates and writes.
     """
     rank_info, _ = setup_distributed(training.device)
-    is_main = rank_info.is_main
+    inputs = {"--model": cfg.model, "--train": cfg.train, "--dev": cfg.dev, "--test": cfg.test}
+    return run_in_output_folder(
+        training, lambda staged: _finetune_into(cfg, staged, resume_from, rank_info.is_main),
+        inputs=inputs, resume_from=resume_from, overwrite=overwrite, is_main=rank_info.is_main)
+
+
+def _finetune_into(cfg: FinetuneConfig, training: TrainingConfig, resume_from: str | None,
+                   is_main: bool) -> FinetuneResult:
+    """The fine-tuning run of :func:`run_finetuning`, writing into ``training.out_dir``."""
     task = cfg.task
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
     tokenizer = Tokenizer.from_pretrained(cfg.model)
     model_config = BertConfig.from_pretrained(cfg.model)
-    _check_fit(cfg.model, model_config, tokenizer)
+    check_vocab_fits(tokenizer, model_config, cfg.model)
     max_length = _resolve_max_length(cfg, model_config)
 
     # Data first: a bad file fails in seconds, before the weights load.
@@ -432,7 +438,6 @@ def run_finetuning(cfg: FinetuneConfig, training: TrainingConfig,
           f"{best}")
     for name, m in metrics.items():
         print_report(task, m, name)
-    print(f"model folder: {out_dir} (metrics.json, report.txt, curves.png)")
     return FinetuneResult(out_dir, result, metrics, labels)
 
 

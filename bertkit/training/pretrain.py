@@ -20,8 +20,9 @@ from bertkit.config import BertConfig
 from bertkit.data.pretraining import MlmCollator, ShardIndex, build_examples, prepare_corpus
 from bertkit.modeling.bert import IGNORE_INDEX, BertForPreTraining
 from bertkit.tokenizer import Tokenizer
-from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, set_seed,
-                                      setup_distributed)
+from bertkit.training.run import run_in_output_folder
+from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, find_checkpoint,
+                                      set_seed, setup_distributed)
 
 
 @dataclass
@@ -49,6 +50,12 @@ class PretrainConfig:
                              f"{self.heldout_fraction}")
         if self.max_seq_length < 8:
             raise ValueError(f"PretrainConfig.max_seq_length must be at least 8, got {self.max_seq_length}")
+        # Checked here, before a vocab is trained or a file written (the collator checks again).
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"PretrainConfig.mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"PretrainConfig.short_seq_prob must be in [0, 1], got "
+                             f"{self.short_seq_prob}")
 
 
 @dataclass
@@ -108,11 +115,12 @@ def make_pretraining_eval(dataset, collator: MlmCollator, batch_size: int, basel
     return evaluate
 
 
-def _load_or_train_tokenizer(cfg: PretrainConfig, out_dir: str, is_main: bool) -> Tokenizer:
+def _load_or_train_tokenizer(cfg: PretrainConfig, resume_dir: str | None,
+                             is_main: bool) -> Tokenizer:
     if cfg.tokenizer:
         return Tokenizer.from_pretrained(cfg.tokenizer)
-    if os.path.isfile(os.path.join(out_dir, "vocab.txt")):
-        return Tokenizer.from_pretrained(out_dir)  # a resumed run keeps the vocab it started with
+    if resume_dir is not None and os.path.isfile(os.path.join(resume_dir, "vocab.txt")):
+        return Tokenizer.from_pretrained(resume_dir)  # a resumed run keeps the vocab it began with
     from bertkit.data.pretraining import iter_corpus_text
     if is_main:
         print(f"training a WordPiece vocab of {cfg.vocab_size} on {len(cfg.corpus)} file(s)")
@@ -136,21 +144,36 @@ def build_model_config(cfg: PretrainConfig, tokenizer: Tokenizer) -> BertConfig:
 
 
 def run_pretraining(cfg: PretrainConfig, training: TrainingConfig,
-                    resume_from: str | None = None) -> PretrainResult:
+                    resume_from: str | None = None, overwrite: bool = False) -> PretrainResult:
     """Pretrain a BERT with MLM (+ NSP) and write an HF ``BertForPreTraining`` folder.
+
+    The run writes into ``OUT.partial`` and moves it to ``training.out_dir`` at the end
+    (:func:`bertkit.outputs.output_folder`: an existing folder is refused unless resumed or
+    ``overwrite``; a failed run leaves it as it was). A resumed run keeps its checkpoint's
+    vocab; a vocab is trained only for a new run without ``cfg.tokenizer``.
 
     Under torchrun every rank calls this; rank 0 prepares the tokenizer and the shards while
     the others wait, then every rank trains on its share of the examples.
     """
-    out_dir = training.out_dir
     rank_info, _ = setup_distributed(training.device)
+    resume_dir = str(find_checkpoint(resume_from)) if resume_from is not None else None
+    inputs = [("--tokenizer", cfg.tokenizer), ("--config", cfg.model_config),
+              *(("--corpus", path) for path in cfg.corpus)]
+    return run_in_output_folder(
+        training, lambda staged: _pretrain_into(cfg, staged, resume_from, resume_dir, rank_info),
+        inputs=inputs, resume_from=resume_from, overwrite=overwrite, is_main=rank_info.is_main)
+
+
+def _pretrain_into(cfg: PretrainConfig, training: TrainingConfig, resume_from: str | None,
+                   resume_dir: str | None, rank_info) -> PretrainResult:
+    """The pretraining run of :func:`run_pretraining`, writing into ``training.out_dir``."""
+    out_dir = training.out_dir
     is_main = rank_info.is_main
 
     # Rank 0 trains the vocab and tokenizes the corpus (cached); the others then load both.
     tokenizer = shards = None
     if is_main:
-        tokenizer = _load_or_train_tokenizer(cfg, out_dir, is_main)
-        os.makedirs(out_dir, exist_ok=True)
+        tokenizer = _load_or_train_tokenizer(cfg, resume_dir, is_main)
         tokenizer.save_pretrained(out_dir)
         shards = prepare_corpus(cfg.corpus, tokenizer, cache_root=shard_cache_dir(cfg.cache_dir))
     if rank_info.active:

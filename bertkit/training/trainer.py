@@ -19,21 +19,30 @@ Layout of a run folder (``config.out_dir``)::
     curves.png                training loss and eval metrics against the step (at the end)
     checkpoints/latest        text file naming the newest complete checkpoint ("step-300")
     checkpoints/step-N/       model folder (save_fn) + trainer_state.pt (everything to resume)
-    best/                     model folder of the best evaluation + best.json + model_state.pt
+    best/                     model folder of the best evaluation + best.json +
+                              model_state.safetensors (removed once load_best_at_end loaded it)
+
+When some parameters are frozen (a PEFT base, a distillation teacher), trainer_state.pt and
+best/model_state.safetensors hold only the trainable parameters and the buffers, plus the sha256
+of the frozen ones: the caller rebuilds the frozen part from where it came from (the base
+folder), and a resume refuses a model whose frozen part differs (see :func:`model_state`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shutil
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -41,6 +50,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -51,7 +62,7 @@ from bertkit.training.logs import CURVES_FILE, RunLogger, plot_curves
 
 STATE_FILE = "trainer_state.pt"
 BEST_DIR = "best"
-BEST_STATE_FILE = "model_state.pt"
+BEST_STATE_FILE = "model_state.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 
@@ -516,6 +527,117 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------- model state
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``model`` a checkpoint holds: its whole ``state_dict`` when every
+    parameter trains, else the trainable parameters and every persistent buffer.
+
+    Frozen parameters (``requires_grad=False``: a PEFT base, a distillation teacher) are left
+    out because training never changes them: the caller rebuilds them from where they came from
+    (the base model folder) and :func:`frozen_fingerprint`, saved beside the state, proves they
+    are the same. Buffers are kept whoever owns them: they are where modules keep state that
+    changes during training (AdaLoRA's rank masks and importance averages, normalisation
+    statistics), and bertkit's base models have no persistent buffers, so they cost nothing.
+    """
+    state = model.state_dict()
+    frozen = set(_frozen_parameter_names(model))
+    return {k: v for k, v in state.items() if k not in frozen} if frozen else state
+
+
+def frozen_fingerprint(model: nn.Module) -> str | None:
+    """sha256 over the frozen parameters' names, dtypes, shapes and bytes (sorted by name);
+    None when every parameter trains. Independent of the device the model is on."""
+    names = _frozen_parameter_names(model)
+    if not names:
+        return None
+    params = dict(model.named_parameters(remove_duplicate=False))
+    digest = hashlib.sha256()
+    for name in names:
+        tensor = params[name].detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        # Raw bytes of any dtype (bf16 has no NumPy equivalent): flatten, then view as bytes.
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor],
+                     fingerprint: str | None, source: str | os.PathLike,
+                     deduplicated: bool = False) -> None:
+    """Load a :func:`model_state` (saved with ``fingerprint``) into ``model``.
+
+    A partial state (``fingerprint`` not None) is loaded only into a model whose frozen part
+    has the same :func:`frozen_fingerprint`. ``deduplicated``: the state had its tied twins
+    removed (:func:`_without_aliases`; safetensors files). Raises a one-line ValueError naming
+    ``source`` when the frozen part differs or the tensors do not fit the model.
+    """
+    if fingerprint is not None:
+        current = frozen_fingerprint(model)
+        if current != fingerprint:
+            have = f"sha256 {current[:16]}" if current else "no frozen parameters"
+            raise ValueError(
+                f"the base model of this run changed: {source} was saved with frozen weights of "
+                f"sha256 {fingerprint[:16]}, the model given has {have}; rebuild it from the "
+                "same base model folder, with the same parameters frozen")
+    expected = model_state(model) if fingerprint is not None else model.state_dict()
+    expected_names = set(_without_aliases(expected) if deduplicated else expected)
+    missing, unexpected = expected_names - set(state), set(state) - expected_names
+    if missing or unexpected:
+        raise ValueError(f"{source} does not fit this model: missing tensors "
+                         f"{_few(missing)}, unexpected tensors {_few(unexpected)}")
+    try:
+        model.load_state_dict(state, strict=fingerprint is None and not deduplicated)
+    except RuntimeError as error:  # shape mismatches: a multi-line message from torch
+        raise ValueError(f"{source} does not fit this model: "
+                         f"{' '.join(str(error).split())[:400]}") from None
+
+
+def _frozen_parameter_names(model: nn.Module) -> list[str]:
+    """state_dict names of the frozen parameters (a tied parameter under each of its names)."""
+    return sorted(name for name, p in model.named_parameters(remove_duplicate=False)
+                  if not p.requires_grad)
+
+
+def _without_aliases(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with tied twins dropped (a name whose tensor is the same view of the same
+    memory as an earlier name's): safetensors refuses shared tensors, and ``load_state_dict``
+    fills the twin through the name kept, since both name one parameter."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
+    for name, tensor in state.items():
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+               tuple(tensor.shape), tensor.stride(), tensor.dtype)
+        if key not in seen:
+            seen.add(key)
+            kept[name] = tensor
+    return kept
+
+
+def _safetensors_ready(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tied twins dropped, and a copy of any tensor that still overlaps another's memory."""
+    out, storages = {}, set()
+    for name, tensor in _without_aliases(state).items():
+        ptr = (tensor.device, tensor.untyped_storage().data_ptr())
+        out[name] = tensor.detach().clone() if ptr in storages else tensor.detach().contiguous()
+        storages.add(ptr)
+    return out
+
+
+def _few(names: set[str], limit: int = 4) -> str:
+    shown = sorted(names)[:limit]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{shown}{more}" if names else "none"
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+
+class _UnreadableCheckpoint(ValueError):
+    """A trainer_state.pt that is truncated or corrupt: resume may fall back past it (a file
+    refused for its content raises a plain ValueError instead, and stops the resume)."""
+
+
 def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of every ``root/step-N`` that holds a trainer state, oldest first.
     Half-written saves live in ``.tmp-*`` folders and never match."""
@@ -528,32 +650,124 @@ def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _resume_candidates(path: Path) -> list[Path]:
+    """Checkpoint folders to try for ``path``, preferred first (see :func:`find_checkpoint`)."""
+    if not path.exists():
+        raise FileNotFoundError(f"cannot resume: {path} does not exist")
+    if (path / STATE_FILE).is_file():
+        return [path]  # an explicit checkpoint: that one or none
+    for root in (path / CHECKPOINTS_DIR, path):
+        candidates = [folder for _, folder in reversed(_complete_checkpoints(root))]
+        pointer = root / LATEST_FILE
+        if pointer.is_file():
+            target = root / pointer.read_text(encoding="utf-8").strip()
+            if (target / STATE_FILE).is_file():
+                candidates = [target] + [c for c in candidates if c != target]
+            else:
+                warnings.warn(f"{pointer} points at {target}, which is not a complete "
+                              "checkpoint; using the newest complete one", stacklevel=3)
+        if candidates:
+            return candidates
+    raise FileNotFoundError(f"cannot resume: no checkpoint in {path} (expected a folder holding "
+                            f"{STATE_FILE}, or a run folder with {CHECKPOINTS_DIR}/step-N/)")
+
+
+def _check_state_file(file: Path) -> None:
+    """Cheap integrity check of a trainer_state.pt (a zip archive, as torch.save writes): its
+    central directory, at the very end, is gone from a truncated or zero-filled file."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in archive.namelist()):
+                raise _UnreadableCheckpoint(f"{file} is not a torch checkpoint (no data.pkl)")
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise _UnreadableCheckpoint(f"{file} is truncated or corrupt ({error})") from None
+
+
+def read_trainer_state(file: str | os.PathLike) -> dict[str, Any]:
+    """Load a trainer_state.pt with ``torch.load(weights_only=True)``; never runs its code.
+
+    Raises a one-line ValueError naming ``file``: a subclass that resume may fall back past
+    when the file is truncated or corrupt, a plain ValueError when its pickle asks for
+    anything but tensors and plain containers (the file is refused, not loaded: a checkpoint
+    bertkit wrote never does that, so the folder was tampered with or is not a bertkit run).
+    """
+    file = Path(file)
+    _check_state_file(file)
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(error), re.I)
+        if wanted is None:  # not a pickle at all: damaged bytes
+            raise _UnreadableCheckpoint(f"{file} is corrupt (not a readable pickle)") from None
+        raise ValueError(f"{file} was refused and not loaded: not a plain tensor checkpoint (its "
+                         f"pickle asks for {wanted.group(1)}); delete it, or its step folder, to "
+                         "resume from an earlier checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).split())[:120] or type(error).__name__
+        raise _UnreadableCheckpoint(f"{file} is truncated or corrupt ({reason})") from None
+    required = {"state", "model", "optimizer", "scheduler", "rng"}
+    if not isinstance(payload, dict) or not required <= set(payload):
+        raise ValueError(f"{file} is not a bertkit trainer state (expected the keys "
+                         f"{sorted(required)})")
+    return payload
+
+
+def _intact_checkpoints(path: Path, skipped: list[str]):
+    """Yield the candidates of :func:`_resume_candidates` whose state file passes the cheap
+    check, preferred first; warn for (and append to ``skipped``) each one that does not."""
+    for folder in _resume_candidates(path):
+        try:
+            _check_state_file(folder / STATE_FILE)
+        except _UnreadableCheckpoint as error:
+            _skip_checkpoint(folder, error, skipped)
+            continue
+        yield folder
+
+
+def _skip_checkpoint(folder: Path, error: Exception, skipped: list[str]) -> None:
+    skipped.append(str(error))
+    warnings.warn(f"skipping checkpoint {folder.name}: {error}; trying an earlier one, if any",
+                  stacklevel=4)
+
+
+def _no_intact_checkpoint(path: Path, skipped: list[str]) -> ValueError:
+    return ValueError(f"cannot resume from {path}: no intact checkpoint ({'; '.join(skipped)})")
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint folder to resume from.
 
     ``path`` is a checkpoint folder (holds ``trainer_state.pt``), a run folder (its
     ``checkpoints/latest`` is used) or a ``checkpoints`` folder. If the ``latest`` pointer is
     missing or points at a folder that is gone, the complete checkpoint with the highest step is
-    used. Raises ``FileNotFoundError`` naming ``path`` when there is none.
+    used. A checkpoint whose ``trainer_state.pt`` is truncated or corrupt is skipped with a
+    warning naming it, for the newest intact one before it (an explicit checkpoint folder has
+    no fallback). Raises ``FileNotFoundError`` naming ``path`` when there is no checkpoint,
+    ``ValueError`` when none is intact.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist")
-    if (path / STATE_FILE).is_file():
-        return path
-    for root in (path / CHECKPOINTS_DIR, path):
-        pointer = root / LATEST_FILE
-        if pointer.is_file():
-            target = root / pointer.read_text(encoding="utf-8").strip()
-            if (target / STATE_FILE).is_file():
-                return target
-            warnings.warn(f"{pointer} points at {target}, which is not a complete checkpoint; "
-                          "using the newest complete one", stacklevel=2)
-        found = _complete_checkpoints(root)
-        if found:
-            return found[-1][1]
-    raise FileNotFoundError(f"cannot resume: no checkpoint in {path} (expected a folder holding "
-                            f"{STATE_FILE}, or a run folder with {CHECKPOINTS_DIR}/step-N/)")
+    skipped: list[str] = []
+    folder = next(_intact_checkpoints(path, skipped), None)
+    if folder is None:
+        raise _no_intact_checkpoint(path, skipped)
+    return folder
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The folder :func:`find_checkpoint` picks and its trainer state (:func:`read_trainer_state`),
+    falling back, with a warning, past a state file that fails to load as truncated or corrupt.
+    A state file refused for its content stops the resume with its ValueError: skipping it
+    quietly would hide that the run folder was tampered with."""
+    path = Path(path)
+    skipped: list[str] = []
+    for folder in _intact_checkpoints(path, skipped):
+        try:
+            return folder, read_trainer_state(folder / STATE_FILE)
+        except _UnreadableCheckpoint as error:
+            _skip_checkpoint(folder, error, skipped)
+    raise _no_intact_checkpoint(path, skipped)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -592,7 +806,8 @@ class TrainResult:
     metrics: dict[str, Any]       # the last evaluation ({} when nothing to evaluate)
     best_metric: float | None
     best_step: int | None
-    best_dir: str | None          # out_dir/best when a best model was saved
+    best_dir: str | None          # out_dir/best when a best model was saved and kept (None
+                                  # when load_best_at_end loaded it and removed the folder)
     checkpoint_dir: str | None    # the final checkpoint (None on ranks other than 0)
     elapsed: float
     log_history: list[dict[str, Any]]
@@ -829,17 +1044,16 @@ class Trainer:
 
         ``resume_from``: a checkpoint folder, or a run folder (its latest checkpoint); the run
         continues exactly where that checkpoint left it: same data position and order,
-        optimizer, scheduler, scaler and RNG states, best metric and log history.
+        optimizer, scheduler, scaler and RNG states, best metric and log history (see
+        :meth:`_resume` for damaged checkpoints and frozen parameters).
         At the end the run is evaluated (if there is something to evaluate) and checkpointed,
-        and rank 0 draws ``curves.png``.
+        rank 0 draws ``curves.png``, and with ``load_best_at_end`` the best weights are loaded
+        and ``best/`` removed (:meth:`_best_at_end`).
         """
-        cfg, st = self.config, self.state
+        cfg = self.config
         set_seed(cfg.seed + self.dist.rank)  # each rank its own dropout and masking stream
-        resumed = None
-        if resume_from is not None:
-            resumed = find_checkpoint(resume_from)
-            self._restore(torch.load(resumed / STATE_FILE, map_location="cpu", weights_only=True))
-            st = self.state
+        resumed = self._resume(resume_from) if resume_from is not None else None
+        st = self.state
         if cfg.time_budget is None and self.schedule.total_steps is None:
             self.schedule.total_steps = self._step_limit()[0]
             self._apply_lr()
@@ -921,18 +1135,68 @@ class Trainer:
             if self._logger is not None:
                 self._logger.close()
 
-        best_dir = self.out_dir / BEST_DIR
-        has_best = st.best_step is not None and cfg.save_best
-        if cfg.load_best_at_end and has_best:
-            self.load_best()
+        best_dir = self._best_at_end()
         last_train = next((e["loss"] for e in reversed(st.log_history)
                            if e.get("event") == "train"), None)
         metrics = {k: v for k, v in last_metrics.items() if k not in ("event", "step", "epoch")}
         return TrainResult(
             steps=st.step, epochs=self._epoch_progress(), stop_reason=stop_reason,
             train_loss=last_train, metrics=metrics, best_metric=st.best_metric,
-            best_step=st.best_step, best_dir=str(best_dir) if has_best else None,
+            best_step=st.best_step, best_dir=best_dir,
             checkpoint_dir=checkpoint_dir, elapsed=st.elapsed, log_history=list(st.log_history))
+
+    def _best_at_end(self) -> str | None:
+        """The best model's folder to report once the loop is over (None when there is none).
+
+        With ``load_best_at_end`` the best weights are loaded into the model and ``best/`` is
+        removed: the caller saves the model as the run's final folder, and a second copy of
+        the weights would only fill the disk (None is returned then). A session resumed after
+        that tracks the best afresh (:meth:`_resume`).
+        """
+        cfg, st = self.config, self.state
+        best_dir = self.out_dir / BEST_DIR
+        if st.best_step is None or not cfg.save_best:
+            return None
+        if not cfg.load_best_at_end:
+            return str(best_dir)
+        if not self._best_exists():  # deleted by someone else while the run went on
+            warnings.warn(f"the best model (step {st.best_step}) is no longer in {best_dir}; "
+                          "keeping the last weights", stacklevel=3)
+            return None
+        self.load_best()
+        if self.dist.active:
+            dist.barrier()  # every rank has read it before it is deleted
+        if self.dist.is_main:
+            shutil.rmtree(best_dir)
+        return None
+
+    def _resume(self, resume_from: str | os.PathLike) -> Path:
+        """Restore the checkpoint :func:`load_checkpoint` picks (a truncated or corrupt newest
+        one is skipped with a warning); returns its folder. With frozen parameters the caller
+        has rebuilt them (the base reloaded from its folder): a frozen part that differs from
+        the checkpoint's is a ValueError ("the base model of this run changed: ..."). A best
+        model the checkpoint names but ``best/`` no longer holds is forgotten, with a warning."""
+        folder, payload = load_checkpoint(resume_from)
+        self._restore(payload, folder / STATE_FILE)
+        st, best_dir = self.state, self.out_dir / BEST_DIR
+        if self.config.save_best and st.best_step is not None and not self._best_exists():
+            # An earlier session ended with load_best_at_end (which removes best/), or the run
+            # moved: the best weights are gone, so keeping their metric would end this session
+            # with a "best" that no file holds. The best is tracked afresh instead.
+            warnings.warn(f"the best model of step {st.best_step} is not in {best_dir} (an "
+                          "earlier session loaded it at its end and removed it); the best model "
+                          f"is tracked afresh from step {st.step}", stacklevel=3)
+            st.best_metric = st.best_step = None
+            st.evals_without_improvement = 0
+        return folder
+
+    def _best_exists(self) -> bool:
+        """Whether ``best/`` holds a best state, as rank 0 sees it (the same answer on every
+        rank; rank 0 writes it, and waits here for the others)."""
+        present = [(self.out_dir / BEST_DIR / BEST_STATE_FILE).is_file()]
+        if self.dist.active:
+            dist.broadcast_object_list(present, src=0)
+        return present[0]
 
     def _make_loader(self, epoch: int, start: int) -> DataLoader:
         cfg = self.config
@@ -1060,9 +1324,11 @@ class Trainer:
         """Everything a resumed run needs, as one object (the content of trainer_state.pt).
 
         Called on every rank: the RNG states of all ranks are gathered so each rank resumes
-        its own stream. The model is stored as its unwrapped state_dict (besides the model
-        folder written by save_fn, which is for people and other tools), so resuming never
-        depends on the model folder's format.
+        its own stream. The model is stored as the unwrapped model's :func:`model_state`
+        (besides the model folder written by save_fn, which is for people and other tools), so
+        resuming never depends on the model folder's format; with frozen parameters, only the
+        trainable part and the ``frozen_sha256`` of the rest (rank 0 only: the others' payload
+        is not written).
         """
         rng = _capture_rng()
         if self.dist.active:
@@ -1070,10 +1336,12 @@ class Trainer:
             dist.all_gather_object(all_rng, rng)
         else:
             all_rng = [rng]
+        is_main = self.dist.is_main
         return {
             "format": 1,
             "state": dataclasses.asdict(self.state),
-            "model": self.model.state_dict(),
+            "model": model_state(self.model) if is_main else {},
+            "frozen_sha256": frozen_fingerprint(self.model) if is_main else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -1082,15 +1350,17 @@ class Trainer:
             "config": self.config.to_dict(),
         }
 
-    def _restore(self, payload: Mapping[str, Any]) -> None:
-        """Load a :meth:`_checkpoint_payload` into this Trainer (before the loop starts)."""
+    def _restore(self, payload: Mapping[str, Any], source: Path) -> None:
+        """Load a :meth:`_checkpoint_payload` read from ``source`` into this Trainer (before
+        the loop starts). The model is checked first (its frozen part must be the one the
+        checkpoint was saved with): a ValueError then leaves the rest untouched."""
+        load_model_state(self.model, payload["model"], payload.get("frozen_sha256"), source)
         saved_cfg = payload.get("config", {})
         changed = [k for k in _RESUME_SENSITIVE if k in saved_cfg
                    and saved_cfg[k] != self.config.to_dict()[k]]
         if changed:
             warnings.warn(f"resuming with changed {changed}: the run will not continue exactly "
                           "as it would have", stacklevel=3)
-        self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         if self.scaler.is_enabled() and payload.get("scaler"):
@@ -1127,7 +1397,10 @@ class Trainer:
         tmp, final = root / f".tmp-{name}", root / name
         tmp.mkdir()
         self.save_fn(self.model, str(tmp))
-        torch.save(payload, tmp / STATE_FILE)
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes the checkpoint visible
         if final.exists():  # the same step saved again (a resumed run): swap, then delete
             old = root / f".tmp-old-{name}"
             os.replace(final, old)
@@ -1143,7 +1416,9 @@ class Trainer:
         return str(final)
 
     def _save_best(self, metrics: Mapping[str, Any]) -> None:
-        """Replace ``out_dir/best`` (model folder + model_state.pt + best.json) atomically."""
+        """Replace ``out_dir/best`` (model folder + model_state.safetensors + best.json)
+        atomically. The state is the model's :func:`model_state` (the trainable part only when
+        some parameters are frozen), its frozen fingerprint in the file's metadata."""
         if not self.dist.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -1151,7 +1426,9 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         self.save_fn(self.model, str(tmp))
-        torch.save(self.model.state_dict(), tmp / BEST_STATE_FILE)
+        save_file(_safetensors_ready(model_state(self.model)), str(tmp / BEST_STATE_FILE),
+                  metadata={"format": "pt",
+                            "frozen_sha256": frozen_fingerprint(self.model) or ""})
         info = {"step": self.state.step, "metric": self.config.metric_for_best,
                 "value": self.state.best_metric, "metrics": dict(metrics)}
         (tmp / "best.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -1169,4 +1446,10 @@ class Trainer:
         path = self.out_dir / BEST_DIR / BEST_STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no best model at {path}")
-        self.model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                fingerprint = (f.metadata() or {}).get("frozen_sha256") or None
+            state = load_file(str(path))
+        except (OSError, SafetensorError) as error:
+            raise ValueError(f"{path} is truncated or corrupt ({error})") from None
+        load_model_state(self.model, state, fingerprint, path, deduplicated=True)

@@ -48,6 +48,7 @@ from bertkit.inference import length_sorted_batches
 from bertkit.modeling.seq2seq import (CONFIG_NAME, MODEL_TYPE, SEQ2SEQ_SIZES, Seq2SeqConfig,
                                       TransformerSeq2Seq)
 from bertkit.tokenizer import Tokenizer
+from bertkit.training.run import run_in_output_folder
 from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, find_checkpoint,
                                       set_seed, setup_distributed)
 
@@ -436,7 +437,7 @@ def _split_metrics(model: TransformerSeq2Seq, target: Tokenizer, dataset: Parall
 
 
 def run_translation(cfg: TranslationConfig, training: TrainingConfig,
-                    resume_from: str | None = None) -> TranslationResult:
+                    resume_from: str | None = None, overwrite: bool = False) -> TranslationResult:
     """Train a seq2seq Transformer on ``cfg.train`` and write the folder ``training.out_dir``.
 
     Steps: read train/dev/test (a misaligned pair of files, an empty line or an empty file is a
@@ -447,9 +448,21 @@ def run_translation(cfg: TranslationConfig, training: TrainingConfig,
     loss; keep the best checkpoint by ``cfg.metric`` (dev BLEU by default) and load it at the
     end; evaluate dev and test and write the folder (module docstring).
 
-    Under torchrun every rank calls this; rank 0 evaluates and writes.
+    The run writes into ``OUT.partial`` and moves it to ``training.out_dir`` at the end
+    (:func:`~bertkit.training.run.run_in_output_folder`). Under torchrun every rank calls
+    this; rank 0 evaluates and writes.
     """
     rank_info, _ = setup_distributed(training.device)
+    inputs = {"--model": cfg.model, "--tokenizer": cfg.tokenizer, "--train": cfg.train,
+              "--dev": cfg.dev, "--test": cfg.test}
+    return run_in_output_folder(
+        training, lambda staged: _translation_into(cfg, staged, resume_from, rank_info),
+        inputs=inputs, resume_from=resume_from, overwrite=overwrite, is_main=rank_info.is_main)
+
+
+def _translation_into(cfg: TranslationConfig, training: TrainingConfig,
+                      resume_from: str | None, rank_info) -> TranslationResult:
+    """The training run of :func:`run_translation`, writing into ``training.out_dir``."""
     is_main = rank_info.is_main
     kind = _folder_kind(cfg.model) if cfg.model is not None else None
     if cfg.tokenizer is not None and not os.path.isdir(cfg.tokenizer):
@@ -539,7 +552,6 @@ def run_translation(cfg: TranslationConfig, training: TrainingConfig,
           f"{best}")
     for name, m in metrics.items():
         print(f"{name}: BLEU {m['bleu']:.2f} (sacrebleu {m['signature']}), loss {m['loss']:.4f}")
-    print(f"model folder: {out_dir} (metrics.json, metrics.jsonl, curves.png)")
     return TranslationResult(out_dir, result, metrics, model)
 
 
