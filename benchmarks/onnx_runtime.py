@@ -35,7 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import onnxruntime
-    from bertkit.compress.onnx import OnnxModel, export_folder
+    from bertkit.compress.onnx import export_folder
+    from bertkit.runtime.onnx import OnnxModel
     from bertkit.inference import load_for_inference
 
     folder = args.model or minilm_folder()

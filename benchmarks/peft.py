@@ -35,9 +35,9 @@ from bertkit import BertForSequenceClassification, Tokenizer  # noqa: E402
 from bertkit.data.tasks import (PaddingCollator, build_label_map, check_labels,  # noqa: E402
                                 encode_classification, load_classification)
 from bertkit.peft import DEFAULT_LR as PEFT_DEFAULT_LR  # noqa: E402
-from bertkit.peft import apply_peft, on_step, planned_steps, save_adapter  # noqa: E402
+from bertkit.peft import apply_peft, on_step, save_adapter  # noqa: E402
 from bertkit.training import Trainer, TrainingConfig  # noqa: E402
-from bertkit.training.trainer import set_seed  # noqa: E402
+from bertkit.training.trainer import planned_steps, set_seed  # noqa: E402
 
 METHODS = ("full", "lora", "adapter", "prefix", "adalora", "bitfit")
 DEFAULT_LR = {"full": 5e-5, **PEFT_DEFAULT_LR}  # the learning rates `bertkit finetune` uses

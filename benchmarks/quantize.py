@@ -95,9 +95,10 @@ def main() -> None:
     print_table(["batch", "tokens", "fp32 tokens/s", "int8 tokens/s", "int8 speed-up"], rows)
 
     if args.data:
-        from bertkit.compress.quantize import SCORE_METRIC
-        from bertkit.training.finetune import evaluate_folder, folder_task
-        metric = SCORE_METRIC[folder_task(args.model)]
+        from bertkit.tasks import get_task
+        from bertkit.tasks.evaluate import evaluate_folder
+        from bertkit.tasks.folder import folder_task
+        metric = get_task(folder_task(args.model)).default_metric
         scores = {label: 100 * evaluate_folder(args.model, args.data, device="cpu", model=m)[metric]
                   for label, m in (("fp32", model), ("int8", quantized))}
         print(f"\n{metric} on {args.data}: fp32 {scores['fp32']:.2f}, int8 {scores['int8']:.2f}, "

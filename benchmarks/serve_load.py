@@ -144,7 +144,7 @@ def main() -> None:
 
     model = args.model or minilm_folder()
     from bertkit.config import BertConfig
-    from bertkit.training.finetune import folder_task
+    from bertkit.tasks.folder import folder_task
     try:
         folder_task(model, BertConfig.from_pretrained(model))
         route, name = "/v1/predict", "predict"

@@ -6,8 +6,7 @@ from bertkit.modeling.bert import (BertForMaskedLM, BertForPreTraining, BertForQ
                                    BertForSequenceClassification, BertForTokenClassification,
                                    BertModel)
 from bertkit.tokenizer import Tokenizer
-
-__version__ = "0.1.0"
+from bertkit.version import __version__
 
 __all__ = ["BertConfig", "Tokenizer", "BertModel", "BertForPreTraining", "BertForMaskedLM",
            "BertForSequenceClassification", "BertForTokenClassification",

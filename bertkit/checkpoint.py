@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from bertkit.config import CONFIG_NAME, BertConfig
 from bertkit.jsonfile import read_json_object
+from bertkit.modeling.int8 import prepare_int8_model
+from bertkit.modeling.layers import head_rows
 from bertkit.outputs import as_user_file
 from bertkit.tokenizer import TOKENIZER_JSON_NAME, VOCAB_NAME
 
@@ -105,7 +109,6 @@ def _head_tensors(hf_state: dict[str, torch.Tensor], config: Any):
     pruned = getattr(config, "pruned_heads", None)
     if not pruned:
         return
-    from bertkit.modeling.layers import head_rows
     full = config.num_attention_heads * config.head_dim
     for key, tensor in hf_state.items():
         match = _HEAD_TENSOR.match(key)
@@ -146,7 +149,6 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     index = os.path.join(folder, WEIGHTS_INDEX_NAME)
     legacy = os.path.join(folder, TORCH_WEIGHTS_NAME)
     if os.path.isfile(single) or os.path.isfile(index):
-        from safetensors.torch import load_file
         files = [single] if os.path.isfile(single) else shard_files(folder)
         state: dict[str, torch.Tensor] = {}
         for path in files:
@@ -264,7 +266,7 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)   # "key: checkpoint shape vs model shape"
 
 
-def _model_key(hf_key: str, model_has_bert_prefix: bool) -> str:
+def model_key(hf_key: str, model_has_bert_prefix: bool) -> str:
     """Map an HF checkpoint key to the model's key, adding or removing the ``bert.`` prefix
     (a base BertModel checkpoint has no prefix, a head checkpoint has one)."""
     if model_has_bert_prefix and not re.match(r"^(bert\.|cls\.|classifier\.|qa_outputs\.)", hf_key):
@@ -272,6 +274,12 @@ def _model_key(hf_key: str, model_has_bert_prefix: bool) -> str:
     elif not model_has_bert_prefix and hf_key.startswith("bert."):
         hf_key = hf_key[len("bert."):]
     return from_hf_name(hf_key)
+
+
+def has_bert_prefix(state: dict[str, torch.Tensor]) -> bool:
+    """True when a model's state dict keys start with ``bert.`` (a head class), False for a
+    base ``BertModel``: the rule :func:`model_key` takes as ``model_has_bert_prefix``."""
+    return any(k.startswith("bert.") for k in state)
 
 
 def load_state_dict_into(model: nn.Module, hf_state: dict[str, torch.Tensor],
@@ -284,7 +292,7 @@ def load_state_dict_into(model: nn.Module, hf_state: dict[str, torch.Tensor],
     differs, raises ``ValueError`` naming the key; without it they are skipped with a warning.
     """
     own = model.state_dict()
-    has_prefix = any(k.startswith("bert.") for k in own)
+    has_prefix = has_bert_prefix(own)
     hf_state = shrink_pruned_heads(hf_state, getattr(model, "config", None))
     report = LoadReport()
     loaded: set[str] = set()
@@ -292,7 +300,7 @@ def load_state_dict_into(model: nn.Module, hf_state: dict[str, torch.Tensor],
         for hf_key, tensor in hf_state.items():
             if _IGNORED_HF_KEYS.search(hf_key):
                 continue
-            key = _model_key(hf_key, has_prefix)
+            key = model_key(hf_key, has_prefix)
             if key not in own:
                 if _OTHER_HEAD_KEYS.match(hf_key) or _OTHER_HEAD_KEYS.match(key):
                     report.unused.append(hf_key)
@@ -341,8 +349,9 @@ def load_model(cls: type, folder: str | os.PathLike, strict: bool = True, verbos
     model = cls(config)
     state = read_state_dict(folder)
     if "quantization_config" in config.extra:  # int8 folder: load int8 modules, never fp32 ones
-        from bertkit.compress.quantize import prepare_int8_model
-        prepare_int8_model(model, config.extra["quantization_config"], state, where=folder)
+        has_prefix = has_bert_prefix(model.state_dict())
+        prepare_int8_model(model, config.extra["quantization_config"], state,
+                           lambda hf_key: model_key(hf_key, has_prefix), where=folder)
     report = load_state_dict_into(model, state, strict=strict)
     # Keys a base checkpoint lacks in a head class are the head, which is expected to be new.
     if verbose and report.initialized:
@@ -367,7 +376,6 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module under DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``)
     wrappers: the one whose ``state_dict`` keys carry no ``module.`` / ``_orig_mod.`` prefix."""
-    from torch.nn.parallel import DistributedDataParallel
     while True:
         if isinstance(model, (DistributedDataParallel, nn.DataParallel)):
             model = model.module
@@ -379,7 +387,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
     """Write ``config.json`` (with ``architectures``) and ``model.safetensors``."""
-    from safetensors.torch import save_file
     model = unwrap_model(model)
     os.makedirs(folder, exist_ok=True)
     config: BertConfig = model.config

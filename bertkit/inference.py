@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from bertkit.checkpoint import check_vocab_fits
+from bertkit.config import BertConfig
+from bertkit.modeling.bert import HEAD_CLASSES
 from bertkit.tokenizer import Tokenizer
 
 
@@ -86,9 +88,6 @@ def load_for_inference(folder: str, model_class: type | None = None, device: str
     ``model_class`` defaults to the folder's ``architectures`` entry. Returns (model, tokenizer)
     with the model in eval mode on ``device`` (default: CUDA when available).
     """
-    from bertkit.config import BertConfig
-    from bertkit.modeling.bert import HEAD_CLASSES
-
     config = BertConfig.from_pretrained(folder)
     if model_class is None:
         names = [a for a in (config.architectures or []) if a in HEAD_CLASSES]

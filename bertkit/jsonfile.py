@@ -71,3 +71,18 @@ def not_utf8_error(path: str | os.PathLike) -> ValueError | None:
             if not chunk:
                 return None
             line += chunk.count(b"\n")
+
+
+def json_object_line(line: str, path: str | os.PathLike, line_no: int) -> dict[str, Any]:
+    """One line of a JSON Lines file as a dict; a ValueError ``PATH:LINE: ...`` otherwise."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: malformed JSON line: {e.msg} "
+                         f"(column {e.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{line_no}: JSON nested too deeply") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object per line, found "
+                         f"{type(record).__name__}")
+    return record

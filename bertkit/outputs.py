@@ -166,12 +166,15 @@ def output_folder(out: str | os.PathLike, *, inputs: Inputs,
     everything at ``out`` is left as it was.
     """
     out_real, staging = _real(out), partial_path(out)
+    if not active:
+        # The other ranks of a torchrun job: rank 0 checks and creates the staging folder
+        # (which may already exist when they look, so they do not judge it).
+        check_not_input(out, inputs)
+        yield staging
+        return
     resuming_staging = check_output_folder(out, inputs=inputs, overwrite=overwrite, resume=resume,
                                            replaceable_marker=replaceable_marker,
                                            resumable=resumable)
-    if not active:
-        yield staging
-        return
     if staging.exists() and not resuming_staging:
         shutil.rmtree(staging)  # --overwrite: an abandoned run's leftovers
     staging.mkdir(parents=True, exist_ok=True)

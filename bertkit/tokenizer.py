@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Engine
 from tokenizers.models import WordPiece
@@ -543,7 +544,6 @@ def _to_encoding(encodings: list[Any], return_tensors: str | None, return_offset
         lengths = {len(ids) for ids in data["input_ids"]}
         if len(lengths) > 1:
             raise ValueError("examples have different lengths; use padding=True to return tensors")
-        import torch
         data = {k: torch.tensor(v, dtype=torch.long) for k, v in data.items()}
     return Encoding(data, encodings)
 

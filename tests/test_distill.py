@@ -16,7 +16,8 @@ from bertkit.cli import main
 from bertkit.compress.distill import (DistillConfig, Distiller, distillation_loss, make_student,
                                       run_distillation, teacher_layer_map)
 from bertkit.compress.prune import prune_heads
-from bertkit.training.finetune import FinetuneConfig, evaluate_folder, run_finetuning
+from bertkit.tasks.evaluate import evaluate_folder
+from bertkit.training.finetune import FinetuneConfig, run_finetuning
 from bertkit.training.trainer import TrainingConfig
 
 from conftest import TINY, TINY_VOCAB

@@ -15,8 +15,10 @@ from bertkit.checkpoint import read_state_dict
 from bertkit.data.tasks import TruncationWarning
 from bertkit.modeling.bert import (BertForQuestionAnswering, BertForSequenceClassification,
                                    BertForTokenClassification)
-from bertkit.training.finetune import (FinetuneConfig, evaluate_folder, folder_task,
-                                       predict_folder, run_finetuning)
+from bertkit.tasks.evaluate import evaluate_folder
+from bertkit.tasks.folder import folder_task
+from bertkit.tasks.predict import predict_folder
+from bertkit.training.finetune import FinetuneConfig, run_finetuning
 from bertkit.training.trainer import TrainingConfig
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

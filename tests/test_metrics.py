@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bertkit.training.metrics import (classification_metrics, entity_metrics, normalize_answer,
+from bertkit.tasks.metrics import (classification_metrics, entity_metrics, normalize_answer,
                                       regression_metrics, squad_metrics)
 
 

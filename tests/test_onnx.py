@@ -15,8 +15,10 @@ from bertkit import (BertConfig, BertForMaskedLM, BertForQuestionAnswering,
                      BertForSequenceClassification, BertForTokenClassification, BertModel,
                      Tokenizer)
 from bertkit.cli import main
-from bertkit.compress.onnx import OUTPUTS, OnnxModel, export_folder, export_model
-from bertkit.training.finetune import evaluate_folder, predict_folder
+from bertkit.compress.onnx import export_folder, export_model
+from bertkit.runtime.onnx import OUTPUTS, OnnxModel
+from bertkit.tasks.evaluate import evaluate_folder
+from bertkit.tasks.predict import predict_folder
 
 from conftest import TINY, TINY_VOCAB
 

@@ -31,9 +31,10 @@ from bertkit.data.tasks import PaddingCollator
 from bertkit.modeling.layers import split_heads
 from bertkit.peft import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, LoraLinear, PeftModel,
                           apply_peft, budget_at, load_adapter, merge_lora, on_step,
-                          planned_steps, save_adapter)
+                          save_adapter)
 from bertkit.peft.prefix import PrefixHook
 from bertkit.training import Trainer, TrainingConfig
+from bertkit.training.trainer import planned_steps
 
 TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=37)

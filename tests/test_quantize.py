@@ -13,9 +13,9 @@ from bertkit import (BertConfig, BertForMaskedLM, BertForPreTraining, BertForQue
                      BertForSequenceClassification, BertForTokenClassification, BertModel,
                      Tokenizer)
 from bertkit.cli import main as cli
-from bertkit.compress.quantize import (QuantizedEmbedding, QuantizedLinear, probe_batch,
-                                       quantize_model)
-from bertkit.training.finetune import predict_folder
+from bertkit.compress.quantize import probe_batch, quantize_model
+from bertkit.modeling.int8 import QuantizedEmbedding, QuantizedLinear
+from bertkit.tasks.predict import predict_folder
 from tests.conftest import TINY
 
 HARD = "bert.encoder.layer.0.output.dense"  # the layer _make_hard_to_quantize sabotages

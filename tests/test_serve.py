@@ -34,7 +34,7 @@ from bertkit.modeling.bert import (BertForMaskedLM, BertForPreTraining,
                                    BertModel)
 from bertkit.serve.auth import KeyChecker, check_bind, is_loopback, load_api_keys
 from bertkit.serve.batching import MicroBatcher, QueueFull, length_buckets
-from bertkit.training.finetune import predict_folder
+from bertkit.tasks.predict import predict_folder
 
 KEYS = ["test-key-one-1234", "test-key-two-5678"]
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}

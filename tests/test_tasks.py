@@ -18,7 +18,7 @@ from bertkit.data.tasks import (IGNORE_INDEX, ClassificationExample, LabelMap, N
                                 ner_predictions_to_words, postprocess_qa, qa_gold, split_words)
 from bertkit.data.parallel import load_parallel
 from bertkit.tokenizer import Tokenizer
-from bertkit.training.metrics import squad_metrics
+from bertkit.tasks.metrics import squad_metrics
 
 # A tiny WordPiece vocab: some whole words, plus every letter and digit as a word start and
 # as a "##" continuation, so any other lowercase word splits into several sub-tokens.

@@ -24,7 +24,7 @@ from torch import nn
 from bertkit.training import (LRSchedule, ShardedBatchSampler, Trainer, TrainingConfig,
                               find_checkpoint, param_groups, parse_duration,
                               resolve_mixed_precision, unwrap_model)
-from bertkit.training.trainer import PLAN_STEPS, STATE_FILE
+from bertkit.training.trainer import PLAN_STEPS, STATE_FILE, planned_steps
 
 VOCAB, T = 32, 6
 
@@ -427,6 +427,20 @@ def test_hook_stop_and_epochs_limit_with_eval_each_epoch(tmp_path):
                      on_step=lambda m, step: step == 3).train()
     assert (result.stop_reason, result.steps) == ("callback", 3)
     assert Path(result.checkpoint_dir).name == "step-3"
+
+
+@pytest.mark.parametrize("kw, steps, reason", [
+    # 10 examples / batch 4 = 3 batches per epoch (last one short), 2 per update: ceil(9 / 2)
+    (dict(epochs=3, grad_accum_steps=2), 5, "epochs"),
+    (dict(epochs=2, drop_last=True), 4, "epochs"),        # 2 whole batches per epoch
+    (dict(epochs=3, max_steps=2), 2, "max_steps"),
+])
+def test_planned_steps_is_where_the_trainer_stops(tmp_path, kw, steps, reason):
+    """AdaLoRA plans its budget with planned_steps; the Trainer stops by the same rule."""
+    cfg = config(tmp_path, **kw)
+    assert planned_steps(10, cfg) == steps
+    result = Trainer(TinyClassifier(), cfg, make_data(10), collate).train()
+    assert (result.stop_reason, result.steps) == (reason, steps)
 
 
 # ----------------------------------------------------------------------------- evaluation, data

@@ -39,9 +39,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit.checkpoint import unwrap_model
+from bertkit.compress.prune import compare_speed, folder_size
 from bertkit.config import MODEL_SIZES, BertConfig
+from bertkit.data.tasks import PaddingCollator
 from bertkit.modeling.bert import BertForSequenceClassification, ClassifierOutput
 from bertkit.outputs import output_folder
+from bertkit.peft import is_adapter_folder
+from bertkit.tasks.base import SETTINGS_PREFIX
+from bertkit.tasks.evaluate import load_split, metrics_for_json, split_metrics, write_json
+from bertkit.tasks.folder import TaskFolder, folder_task, open_task_folder
+from bertkit.training.run import TrainingPlan, train_to_best
+from bertkit.training.trainer import set_seed
 
 REPORT_FILE = "distill.json"
 STUDENT_SIZES = ("tiny", "mini", "small")
@@ -211,7 +219,7 @@ def make_student(teacher: BertForSequenceClassification, student_layers: int | N
         max_position_embeddings=tconfig.max_position_embeddings,
         type_vocab_size=tconfig.type_vocab_size, pad_token_id=tconfig.pad_token_id,
         id2label=dict(tconfig.id2label), label2id=dict(tconfig.label2id),
-        extra={k: v for k, v in tconfig.extra.items() if k.startswith("bertkit_")})
+        extra={k: v for k, v in tconfig.extra.items() if k.startswith(SETTINGS_PREFIX)})
     n = MODEL_SIZES[student_size]["num_hidden_layers"]
     return BertForSequenceClassification(config), teacher_layer_map(teacher_n, min(n, teacher_n))
 
@@ -219,11 +227,8 @@ def make_student(teacher: BertForSequenceClassification, student_layers: int | N
 # ============================================================================ the run
 
 
-def _load_teacher(folder: str):
-    """(teacher, tokenizer, settings) of a classification folder, or a ValueError saying why not."""
-    from bertkit.inference import load_for_inference
-    from bertkit.peft import is_adapter_folder
-    from bertkit.training.finetune import _settings, folder_task
+def _load_teacher(folder: str) -> TaskFolder:
+    """A classification folder opened on the CPU, or a ValueError saying why not."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"teacher folder {folder} does not exist")
     if is_adapter_folder(folder):
@@ -233,8 +238,7 @@ def _load_teacher(folder: str):
     if task != "classification":
         raise ValueError(f"{folder} is a {task} model; distillation supports classification "
                          "teachers only (soft targets over classes), not yet NER, QA or regression")
-    teacher, tokenizer = load_for_inference(folder, BertForSequenceClassification, device="cpu")
-    return teacher, tokenizer, _settings(teacher.config)
+    return open_task_folder(folder, device="cpu")
 
 
 def run_distillation(cfg: DistillConfig, training, overwrite: bool = False) -> dict[str, Any]:
@@ -258,23 +262,13 @@ def run_distillation(cfg: DistillConfig, training, overwrite: bool = False) -> d
 
 def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
     """The run of :func:`run_distillation`, writing into ``training.out_dir``."""
-    from bertkit.compress.prune import compare_speed, folder_size
-    from bertkit.data.tasks import PaddingCollator, check_labels
-    from bertkit.training.finetune import (_encode, _load_examples, _Split, _split_metrics,
-                                           _write_json)
-    from bertkit.training.trainer import Trainer, set_seed
-
-    teacher, tokenizer, settings = _load_teacher(cfg.teacher)
-    task = "classification"
-    id2label = dict(teacher.config.id2label)
-    label2id = {name: i for i, name in id2label.items()}
-    splits = {}
-    for name, path in (("train", cfg.train), ("dev", cfg.dev), ("test", cfg.test)):
-        if path is not None:
-            examples = _load_examples(task, path)
-            check_labels(examples, label2id, path)
-            splits[name] = _Split(path, examples, _encode(task, examples, tokenizer, settings,
-                                                          label2id))
+    opened = _load_teacher(cfg.teacher)
+    teacher, tokenizer, task = opened.model, opened.tokenizer, opened.task
+    settings = opened.settings
+    id2label = opened.id2label
+    splits = {name: load_split(task, path, tokenizer, settings, opened.label2id)
+              for name, path in (("train", cfg.train), ("dev", cfg.dev), ("test", cfg.test))
+              if path is not None}
 
     set_seed(training.seed)  # a fresh student's initialisation is part of the run's seed
     student, layer_map = make_student(teacher, cfg.student_layers, cfg.student_size)
@@ -283,15 +277,13 @@ def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
     eval_batch_size = training.eval_batch_size or max(64, training.batch_size)
 
     def eval_fn(model: nn.Module) -> dict:
-        return _split_metrics(unwrap_model(model).student, task, splits["dev"], settings,
-                              id2label, eval_batch_size, full=False)
+        return split_metrics(unwrap_model(model).student, task, splits["dev"], settings,
+                             id2label, eval_batch_size, full=False)
 
     def save(model: nn.Module, folder: str) -> None:
         unwrap_model(model).student.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    training = dataclasses.replace(training, metric_for_best="accuracy", greater_is_better=True,
-                                   save_best=True, load_best_at_end=True)
     print(f"distilling {cfg.teacher} ({teacher.config.num_hidden_layers} layers, "
           f"{teacher.num_parameters():,} parameters) into a student of "
           f"{student.config.num_hidden_layers} layers x {student.config.hidden_size} "
@@ -300,22 +292,22 @@ def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
              else f"fresh {cfg.student_size} model") + f"); T={cfg.temperature}, "
           f"alpha={cfg.alpha}, hidden-state loss weight {cfg.hidden_weight}")
     collator = PaddingCollator(tokenizer.pad_token_id)
-    trainer = Trainer(distiller, training, splits["train"].dataset, collator, eval_fn=eval_fn,
-                      save_fn=save)
-    result = trainer.train()
+    plan = TrainingPlan(distiller, splits["train"].dataset, collator, save, eval_fn=eval_fn,
+                        metric="accuracy", greater_is_better=True)
+    distiller, result = train_to_best(plan, training)
 
-    student = unwrap_model(trainer.model).student.eval()
+    student = unwrap_model(distiller).student.eval()
     teacher = teacher.to(next(student.parameters()).device).eval()
     out_dir = training.out_dir
-    save(trainer.model, out_dir)
+    save(distiller, out_dir)
     metrics = {"teacher": {}, "student": {}}
     for name in ("dev", "test"):
         if name in splits:
             for who, model in (("teacher", teacher), ("student", student)):
-                metrics[who][name] = _split_metrics(model, task, splits[name], settings, id2label,
-                                                    eval_batch_size, full=True)
-    speed = compare_speed({"teacher": teacher, "student": student}, task, splits["dev"].dataset,
-                          collator, eval_batch_size)
+                metrics[who][name] = split_metrics(model, task, splits[name], settings, id2label,
+                                                   eval_batch_size, full=True)
+    speed = compare_speed({"teacher": teacher, "student": student}, task.name,
+                          splits["dev"].dataset, collator, eval_batch_size)
     copied = layer_map if cfg.student_size is None else None  # a fresh student copies nothing
     report = {"teacher": cfg.teacher, "student_layers_from_teacher": copied,
               "distill_config": dataclasses.asdict(cfg), "steps": result.steps,
@@ -327,10 +319,9 @@ def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
             "tokens_per_s_dev": speed[who],
             **{f"{split}_{k}": v for split, m in metrics[who].items() for k, v in m.items()
                if k in ("accuracy", "macro_f1")}}
-    _write_json(os.path.join(out_dir, "metrics.json"),
-                {split: {k: v for k, v in m.items() if k != "report_text"}
-                 for split, m in metrics["student"].items()})
-    _write_json(os.path.join(out_dir, REPORT_FILE), report)
+    write_json(os.path.join(out_dir, "metrics.json"),
+               {split: metrics_for_json(m) for split, m in metrics["student"].items()})
+    write_json(os.path.join(out_dir, REPORT_FILE), report)
     print_comparison(report)
     return report
 

@@ -1,4 +1,4 @@
-"""ONNX export of bertkit models, checked against PyTorch, and an onnxruntime inference path.
+"""ONNX export of bertkit models, checked against PyTorch in onnxruntime.
 
 ``export_folder(DIR)`` writes ``DIR/model.onnx`` (or ``out``): one graph with int64 inputs
 ``input_ids``, ``attention_mask``, ``token_type_ids`` of shape (batch, sequence), both axes
@@ -15,11 +15,9 @@ Before the file gets its final name it is run in onnxruntime on probe batches of
 sizes and lengths than the traced one, with padding; if any output differs from PyTorch by
 more than ``atol`` (at real tokens) the file is deleted and a ValueError gives the numbers.
 
-:class:`OnnxModel` runs such a file and is called like a bertkit head (same keyword inputs,
-same output dataclasses, ``.config``), so the fine-tuning evaluation and prediction code runs
-on it unchanged. ``bertkit predict/evaluate/serve --runtime onnx`` load ``DIR/model.onnx``
-through :func:`load_for_onnx_inference`, which refuses a file exported from other weights
-than the folder now holds.
+Running such a file is :mod:`bertkit.runtime.onnx` (:class:`OnnxModel`,
+:func:`load_for_onnx_inference`: ``bertkit predict/evaluate/serve --runtime onnx``); the file's
+contract (name, inputs, outputs, metadata) is defined there too, and this module writes to it.
 
 Exporter: the torch.export-based one (``dynamo=True``, onnxscript); the TorchScript one is
 deprecated since torch 2.9. Opset 18 is the exporter's own (no version conversion step) and
@@ -29,48 +27,26 @@ runs on onnxruntime >= 1.14.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from bertkit.config import BertConfig
+from bertkit.modeling.bert import HEAD_CLASSES
 from bertkit.outputs import check_output_file
-from bertkit.modeling.bert import (BertOutput, ClassifierOutput, MaskedLMOutput,
-                                   PreTrainingOutput, QuestionAnsweringOutput,
-                                   question_answering_loss, sequence_classification_loss,
-                                   token_classification_loss)
+from bertkit.peft import is_adapter_folder
+# The file contract and the onnxruntime model live in bertkit.runtime (running a model must not
+# import the exporter).
+from bertkit.runtime.onnx import (INPUT_NAMES, META_ARCHITECTURE, META_WEIGHTS, ONNX_FILE,
+                                  OUTPUTS, OnnxModel, weights_fingerprint)
 
-ONNX_FILE = "model.onnx"  # where `bertkit export` writes and `--runtime onnx` looks
 DEFAULT_OPSET = 18
 DEFAULT_ATOL = 1e-4
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-# The graph outputs of each class: fields of its output dataclass, in order.
-OUTPUTS = {
-    "BertModel": ("last_hidden_state", "pooler_output"),
-    "BertForSequenceClassification": ("logits",),
-    "BertForTokenClassification": ("logits",),
-    "BertForQuestionAnswering": ("start_logits", "end_logits"),
-    "BertForMaskedLM": ("logits",),
-    "BertForPreTraining": ("prediction_logits", "seq_relationship_logits"),
-}
-_OUTPUT_CLASSES = {
-    "BertModel": BertOutput,
-    "BertForSequenceClassification": ClassifierOutput,
-    "BertForTokenClassification": ClassifierOutput,
-    "BertForQuestionAnswering": QuestionAnsweringOutput,
-    "BertForMaskedLM": MaskedLMOutput,
-    "BertForPreTraining": PreTrainingOutput,
-}
-_META_ARCH = "bertkit.architecture"
-_META_WEIGHTS = "bertkit.weights_sha256"
 
 
 @dataclass
@@ -169,6 +145,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT
     it is deleted and a ValueError gives the numbers (or onnxruntime's refusal to run it).
     ``metadata`` is stored in the model's metadata_props.
     """
+    # heavy to import: loaded only when a model is exported
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     path = os.fspath(path)
@@ -203,7 +180,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT
                                         input_names=list(INPUT_NAMES), output_names=list(names),
                                         dynamic_shapes=dynamic, opset_version=opset,
                                         verbose=False)
-            program.model.metadata_props.update({_META_ARCH: architecture, **(metadata or {})})
+            program.model.metadata_props.update({META_ARCHITECTURE: architecture, **(metadata or {})})
             # One self-contained file (protobuf caps it at 2 GB: BERT-large is 1.3 GB).
             program.save(partial, external_data=False)
         try:
@@ -253,20 +230,6 @@ def _max_abs_diff(wrapper: _Exportable, path: str, config: BertConfig, device) -
     return worst
 
 
-def weights_fingerprint(folder: str | os.PathLike) -> str:
-    """sha256 over the folder's weight files (``*.safetensors``, ``*.bin`` at its top level),
-    so a ``model.onnx`` left beside weights that were trained again is detected."""
-    folder = os.fspath(folder)
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith((".safetensors", ".bin")) and os.path.isfile(os.path.join(folder, name)):
-            digest.update(name.encode())
-            with open(os.path.join(folder, name), "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_folder(folder: str | os.PathLike, out: str | os.PathLike | None = None,
                   opset: int = DEFAULT_OPSET, atol: float = DEFAULT_ATOL,
                   overwrite: bool = False) -> ExportResult:
@@ -274,8 +237,6 @@ def export_folder(folder: str | os.PathLike, out: str | os.PathLike | None = Non
     ``--runtime onnx`` looks) with the class its ``architectures`` names; see
     :func:`export_model` for the graph and the check. ``out`` must be a ``.onnx`` file; an
     existing one is replaced only with ``overwrite``."""
-    from bertkit.modeling.bert import HEAD_CLASSES
-    from bertkit.peft import is_adapter_folder
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist")
@@ -288,121 +249,4 @@ def export_folder(folder: str | os.PathLike, out: str | os.PathLike | None = Non
     names = [a for a in (config.architectures or []) if a in HEAD_CLASSES]
     model = HEAD_CLASSES[names[0] if names else "BertModel"].from_pretrained(folder, verbose=False)
     return export_model(model, out, opset=opset, atol=atol,
-                        metadata={_META_WEIGHTS: weights_fingerprint(folder)})
-
-
-# ---------------------------------------------------------------------------- inference
-class OnnxModel:
-    """An exported model in an onnxruntime session (CPU), called like a bertkit head.
-
-    ``model(input_ids=..., attention_mask=..., token_type_ids=..., labels=...)`` takes torch
-    tensors (or numpy arrays) of shape (B, T) and returns the PyTorch class's output dataclass
-    (:class:`~bertkit.modeling.bert.ClassifierOutput`, ``QuestionAnsweringOutput``,
-    ``BertOutput`` ...) holding CPU tensors; with labels the loss is computed as the PyTorch
-    head does. ``config`` is the model's :class:`BertConfig` (labels, pad id ...).
-
-    ``threads`` sets onnxruntime's intra-op threads (default: its own choice, one per
-    physical core).
-    """
-
-    def __init__(self, path: str | os.PathLike, config: BertConfig | None = None,
-                 threads: int | None = None):
-        import onnxruntime as ort
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} does not exist")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.path = path
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
-        self.architecture = self.metadata.get(_META_ARCH)
-        if self.architecture not in OUTPUTS:
-            raise ValueError(f"{path} was not written by `bertkit export` (no "
-                             f"{_META_ARCH} in its metadata)")
-        self.config = config
-        self.training = False
-
-    def __repr__(self) -> str:
-        return f"OnnxModel({self.path!r}, {self.architecture})"
-
-    def eval(self) -> OnnxModel:
-        """For symmetry with nn.Module: an ONNX session is always in inference mode."""
-        return self
-
-    def run_arrays(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the session on int64 arrays named as :data:`INPUT_NAMES`; outputs in order."""
-        return self.session.run(list(self.output_names), feeds)
-
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
-                 start_positions=None, end_positions=None):
-        ids = _int64(input_ids)
-        if ids.ndim != 2:
-            raise ValueError(f"input_ids must have shape (batch, length), got {ids.shape}")
-        # The graph always takes all three inputs; the heads' defaults fill missing ones.
-        mask = np.ones_like(ids) if attention_mask is None else _int64(attention_mask)
-        types = np.zeros_like(ids) if token_type_ids is None else _int64(token_type_ids)
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        if self.config is not None and ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"input has {ids.shape[1]} tokens but the model takes at most "
-                             f"{self.config.max_position_embeddings} (max_position_embeddings)")
-        outputs = dict(zip(self.output_names,
-                           (torch.from_numpy(a) for a in self.run_arrays(feeds))))
-        return self._wrap(outputs, labels, start_positions, end_positions)
-
-    def _wrap(self, outputs: dict[str, torch.Tensor], labels, start_positions, end_positions):
-        arch = self.architecture
-        if arch == "BertModel":
-            return BertOutput(outputs["last_hidden_state"], outputs.get("pooler_output"))
-        if arch == "BertForQuestionAnswering":
-            start, end = outputs["start_logits"], outputs["end_logits"]
-            loss = None
-            if start_positions is not None and end_positions is not None:
-                loss = question_answering_loss(start, end, torch.as_tensor(start_positions),
-                                               torch.as_tensor(end_positions))
-            return QuestionAnsweringOutput(loss, start, end)
-        if arch == "BertForPreTraining":
-            if labels is not None:
-                raise ValueError("the ONNX runtime does not compute pretraining losses")
-            return PreTrainingOutput(None, outputs["prediction_logits"],
-                                     outputs["seq_relationship_logits"])
-        logits = outputs["logits"]
-        if labels is None:
-            return _OUTPUT_CLASSES[arch](None, logits)
-        labels = torch.as_tensor(labels)
-        if arch == "BertForSequenceClassification":
-            problem = getattr(self.config, "problem_type", None)
-            return ClassifierOutput(sequence_classification_loss(logits, labels, problem), logits)
-        if arch == "BertForTokenClassification":
-            return ClassifierOutput(token_classification_loss(logits, labels), logits)
-        raise ValueError("the ONNX runtime does not compute masked-LM losses")
-
-
-def _int64(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.int64)
-
-
-def load_for_onnx_inference(folder: str | os.PathLike, threads: int | None = None):
-    """(OnnxModel, Tokenizer) of a folder exported with ``bertkit export`` (its
-    ``model.onnx``), the ONNX counterpart of :func:`bertkit.inference.load_for_inference`.
-
-    A missing ``model.onnx`` or one exported from other weights than the folder now holds
-    is a clear error telling how to (re-)export.
-    """
-    from bertkit.inference import load_tokenizer_for
-    folder = os.fspath(folder)
-    path = os.path.join(folder, ONNX_FILE)
-    command = f"bertkit export --model {folder} --format onnx"
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: run `{command}` first")
-    config = BertConfig.from_pretrained(folder)
-    model = OnnxModel(path, config, threads=threads)
-    recorded = model.metadata.get(_META_WEIGHTS)
-    if recorded is not None and recorded != weights_fingerprint(folder):
-        raise ValueError(f"{path} was exported from other weights than {folder} now holds "
-                         f"(was the folder trained again?); run `{command} --overwrite`")
-    return model, load_tokenizer_for(folder, config)
+                        metadata={META_WEIGHTS: weights_fingerprint(folder)})

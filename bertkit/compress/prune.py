@@ -38,7 +38,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bertkit.config import BertConfig
+from bertkit.data.tasks import PaddingCollator
+from bertkit.modeling.bert import HEAD_CLASSES
 from bertkit.outputs import output_folder
+from bertkit.peft import is_adapter_folder
+from bertkit.tasks import get_task
+from bertkit.tasks.base import forward_items
+from bertkit.tasks.evaluate import evaluate_folder, headline, load_split
+from bertkit.tasks.folder import open_task_folder
 
 REPORT_FILE = "prune.json"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
@@ -243,17 +250,18 @@ def compare_speed(models: dict[str, nn.Module], task: str, dataset, collator,
                   batch_size: int = 32, repeats: int = 3) -> dict[str, float]:
     """Inference tokens/s of each model over ``dataset`` (real tokens, length-sorted batches,
     as `bertkit evaluate` runs). The models take turns and each keeps its best pass, so a
-    machine busy with other work penalises none of them more than the others."""
-    from bertkit.training.finetune import _forward_items
+    machine busy with other work penalises none of them more than the others. ``task`` is
+    the task's name (:data:`bertkit.tasks.TASKS`)."""
+    task = get_task(task)
     tokens = sum(len(item["input_ids"]) for item in dataset)
     best = {name: float("inf") for name in models}
     for name, model in models.items():  # warm-up: allocations, kernel choice
-        _forward_items(model, task, torch.utils.data.Subset(dataset, range(min(8, len(dataset)))),
-                       collator, batch_size)
+        forward_items(model, task, torch.utils.data.Subset(dataset, range(min(8, len(dataset)))),
+                      collator, batch_size)
     for _ in range(repeats):
         for name, model in models.items():
             start = time.perf_counter()
-            _forward_items(model, task, dataset, collator, batch_size)
+            forward_items(model, task, dataset, collator, batch_size)
             best[name] = min(best[name], time.perf_counter() - start)
     return {name: tokens / seconds for name, seconds in best.items()}
 
@@ -262,17 +270,12 @@ def compare_speed(models: dict[str, nn.Module], task: str, dataset, collator,
 
 
 def _labelled_split(folder: str, data: str):
-    """(model, task, dataset with labels, collator) of a fine-tuned folder and a data file."""
-    from bertkit.data.tasks import PaddingCollator, check_labels
-    from bertkit.training.finetune import _encode, _id2label, _load_examples, _load_folder
-    model, tokenizer, task, settings = _load_folder(folder, None)
-    examples = _load_examples(task, data)
-    id2label = _id2label(model.config, task)
-    label2id = {name: i for i, name in id2label.items()} if id2label else None
-    if label2id is not None:
-        check_labels(examples, label2id, data)
-    dataset = _encode(task, examples, tokenizer, settings, label2id)
-    return model, task, dataset, PaddingCollator(tokenizer.pad_token_id)
+    """(model, task name, dataset with labels, collator) of a fine-tuned folder and a data
+    file."""
+    opened = open_task_folder(folder, None)
+    split = load_split(opened.task, data, opened.tokenizer, opened.settings, opened.label2id)
+    return (opened.model, opened.task.name, split.dataset,
+            PaddingCollator(opened.tokenizer.pad_token_id))
 
 
 def run_pruning(model_dir: str, out_dir: str, heads: float | None = None,
@@ -301,7 +304,6 @@ def run_pruning(model_dir: str, out_dir: str, heads: float | None = None,
                          "--data F (a file of the folder's task, e.g. its dev set)")
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
-    from bertkit.peft import is_adapter_folder
     if is_adapter_folder(model_dir):
         raise ValueError(f"{model_dir} is a PEFT adapter folder; merge it into a full model "
                          "first (bertkit merge-lora) and prune that")
@@ -315,8 +317,6 @@ def run_pruning(model_dir: str, out_dir: str, heads: float | None = None,
 def _prune_into(model_dir: str, out_dir: str, heads: float | None, sparsity: float | None,
                 data: str | None, scope: str, batch_size: int) -> dict[str, Any]:
     """The work of :func:`run_pruning`, writing into ``out_dir``."""
-    from bertkit.training.finetune import _headline, evaluate_folder
-
     report: dict[str, Any] = {"model": model_dir, "data": data}
     task = None
     if data is not None:
@@ -325,7 +325,6 @@ def _prune_into(model_dir: str, out_dir: str, heads: float | None, sparsity: flo
         report["before"] = {k: v for k, v in evaluate_folder(model_dir, data).items()
                             if isinstance(v, float)}
     else:
-        from bertkit.modeling.bert import HEAD_CLASSES
         config = BertConfig.from_pretrained(model_dir)
         names = [a for a in (config.architectures or []) if a in HEAD_CLASSES]
         model = HEAD_CLASSES[names[0] if names else "BertModel"].from_pretrained(model_dir,
@@ -365,8 +364,8 @@ def _prune_into(model_dir: str, out_dir: str, heads: float | None, sparsity: flo
     if data is not None:
         report["after"] = {k: v for k, v in evaluate_folder(out_dir, data).items()
                            if isinstance(v, float)}
-        print(f"{os.path.basename(data)} before: {_headline(task, report['before'])}")
-        print(f"{os.path.basename(data)} after:  {_headline(task, report['after'])}")
+        print(f"{os.path.basename(data)} before: {headline(task, report['before'])}")
+        print(f"{os.path.basename(data)} after:  {headline(task, report['after'])}")
         if heads is not None:
             speed = compare_speed({"before": original, "after": model.eval()}, task, dataset,
                                   collator)

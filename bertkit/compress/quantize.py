@@ -14,53 +14,47 @@ worst ones. So :func:`quantize_model` quantizes every candidate layer *alone* on
 measures how far the model's output moves (relative L2 error), and keeps fp32 the layers whose
 error exceeds ``max_layer_error``; the choice and every layer's error are in the returned report.
 
-**Folder format.** A quantized folder is an HF-style folder (``config.json``,
-``model.safetensors``, tokenizer files, plus ``quantize.json``: the measurements). ``config.json``
-holds::
-
-    "quantization_config": {
-        "quant_method": "bertkit_dynamic_int8",   # the loader refuses any other method
-        "bits": 8,
-        "per_channel": true,                      # one scale per output channel / table row
-        "symmetric": true,                        # zero point 0: W ~= weight * weight_scale[:, None]
-        "activations": "dynamic_per_tensor_uint8_reduce_range",
-        "max_layer_error": 0.05,                  # the selection threshold used
-        "quantized_modules": 40,                  # how many modules are int8
-        "fp32_modules": []                        # HF names of those kept fp32
-    }
-
-and for every int8 module ``NAME`` (HF names) ``model.safetensors`` holds ``NAME.weight`` as
-int8 (out, in) or (rows, H), ``NAME.weight_scale`` float32 (out,) or (rows,), and for a Linear
-``NAME.bias`` float32 (out,). Other tensors are as in any folder. ``BertXxx.from_pretrained``
-sees ``quantization_config`` and rebuilds :class:`QuantizedLinear` / :class:`QuantizedEmbedding`
-modules, so the loaded model *is* int8 (putting the int8 numbers into fp32 modules instead would
-silently give a different, wrong model). The int8 kernels run on the CPU only.
+**Folder format.** A quantized folder is an HF-style folder (``config.json`` with a
+``quantization_config``, ``model.safetensors`` with int8 tensors and their scales, tokenizer
+files, plus ``quantize.json``: the measurements); :mod:`bertkit.modeling.int8` describes it and
+holds the int8 modules (:class:`QuantizedLinear`, :class:`QuantizedEmbedding`), which
+``BertXxx.from_pretrained`` rebuilds, so the loaded model *is* int8. The int8 kernels run on
+the CPU only.
 
 ``transformers`` cannot use such a folder: it warns "Unknown quantization type, got
 bertkit_dynamic_int8 ... we will skip the quantization" and would read the int8 numbers as
 floats, which is a wrong model. Keep the fp32 folder for transformers, ONNX export and training.
 
-Public API: :class:`QuantizedLinear`, :class:`QuantizedEmbedding`, :func:`quantize_model`,
-:func:`quantize_folder`, :func:`layer_errors`, :func:`probe_batch`, :func:`is_quantized`.
+Public API: :func:`quantize_model`, :func:`quantize_folder`, :func:`layer_errors`,
+:func:`probe_batch`; the int8 modules themselves (:class:`QuantizedLinear`,
+:class:`QuantizedEmbedding`, :func:`is_quantized`) are in :mod:`bertkit.modeling.int8`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from bertkit.checkpoint import to_hf_name
+from bertkit.config import BertConfig
+from bertkit.data.tasks import PaddingCollator
+from bertkit.inference import load_for_inference
+# The int8 modules live with the model code (bertkit.modeling.int8: the loader builds them);
+# this module is the tool that chooses what to quantize and measures it.
+from bertkit.modeling.int8 import (QUANT_METHOD, is_quantized, quantizable_modules, set_module,
+                                   to_int8)
 from bertkit.outputs import check_output_folder, output_folder
+from bertkit.tasks import Task
+from bertkit.tasks.evaluate import evaluate_folder, write_json
+from bertkit.tasks.folder import open_task_folder
 
-QUANT_METHOD = "bertkit_dynamic_int8"
 ACTIVATIONS = "dynamic_per_tensor_uint8_reduce_range"
 # Relative output error (see _relative_error) above which a layer stays fp32. On the fine-tuned
 # MiniLM classifier the attention layers move the logits by 0.2-0.9% alone and the FFN layers
@@ -69,221 +63,21 @@ ACTIVATIONS = "dynamic_per_tensor_uint8_reduce_range"
 # set for layers that are clearly broken by int8 (docs/notes-quantize.md has the numbers).
 DEFAULT_MAX_LAYER_ERROR = 0.05
 PROBE_SIZE = 16
-SCORE_METRIC = {"classification": "accuracy", "regression": "pearson", "ner": "f1", "qa": "f1"}
 REPORT_FILE = "quantize.json"
-
-
-# ---------------------------------------------------------------------------- int8 modules
-def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per row: (R, C) float -> int8 (R, C) and scales (R,) with
-    ``weight ~= int8 * scale[:, None]``; scale = max |row| / 127, values in [-127, 127] (not
-    -128: the range stays symmetric, so the zero point is 0)."""
-    w = weight.detach().float().cpu()                                         # (R, C)
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)                      # (R,)
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch 2.13 deprecates its quantized tensor dtypes (torch.qint8) in favour of the torchao
-    package, which bertkit does not depend on; the fbgemm kernels they feed still ship and are
-    the fast ones here, so the warning is silenced where the packed weight is built."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*quantiz.*deprecated", category=UserWarning)
-        yield
-
-
-class QuantizedLinear(nn.Module):
-    """``y = x Wᵀ + b`` with W stored as int8 per output channel and x quantized per call.
-
-    Buffers (what ``state_dict`` and the folder hold): ``weight`` int8 (out, in), symmetric,
-    ``weight_scale`` float32 (out,) with ``W ~= weight * weight_scale[:, None]``, ``bias``
-    float32 (out,). The forward runs ``torch.ops.quantized.linear_dynamic`` on a packed copy of
-    the weight, built on first use (and again after the buffers are loaded). CPU only.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear) -> "QuantizedLinear":
-        """Quantize an fp32 Linear, one scale per output channel (see :func:`_int8_rows`)."""
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        with torch.no_grad():
-            weight, scale = _int8_rows(linear.weight)                        # (out, in), (out,)
-            module.weight.copy_(weight)
-            module.weight_scale.copy_(scale)
-            if linear.bias is not None:
-                module.bias.copy_(linear.bias.detach().float().cpu())
-        return module
-
-    def dequantized_weight(self) -> torch.Tensor:
-        """The fp32 weight the int8 numbers stand for: (out, in)."""
-        return self.weight.float() * self.weight_scale[:, None]
-
-    def pack(self) -> None:
-        """Build the kernel's packed weight from the buffers (call after changing them)."""
-        zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        with _quiet():
-            qweight = torch._make_per_channel_quantized_tensor(
-                self.weight.cpu(), self.weight_scale.cpu().double(), zero_points, 0)
-        bias = self.bias.float().cpu() if self.bias is not None else None
-        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._packed = None  # new numbers: repack on next use
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed"] = None  # a kernel object, rebuilt from the buffers
-        return state
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) float32 -> (..., out) float32."""
-        if x.device.type != "cpu":
-            raise ValueError(f"int8 (dynamic quantized) layers run on CPU only, got input on "
-                             f"{x.device}; load the quantized model with device='cpu'")
-        if self._packed is None:
-            self.pack()
-        # reduce_range: activations use 7 of their 8 bits, as torch does on x86, because the
-        # AVX2 kernel adds pairs of u8*s8 products in int16 and 8-bit inputs could overflow it.
-        return torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, True)
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, int8 per-channel weights")
-
-
-class QuantizedEmbedding(nn.Module):
-    """An embedding table stored as int8 rows, one scale per row (weight-only quantization).
-
-    A lookup has no arithmetic to speed up, but the word embeddings are half of a small BERT's
-    weights, so storing them as int8 is most of the size saving. Looked-up rows are dequantized
-    to float32. Buffers: ``weight`` int8 (V, H), ``weight_scale`` float32 (V,).
-    """
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
-        super().__init__()
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.padding_idx = padding_idx
-        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(num_embeddings))
-
-    @classmethod
-    def from_float(cls, embedding: nn.Embedding) -> "QuantizedEmbedding":
-        """Quantize an fp32 table, one scale per row (see :func:`_int8_rows`)."""
-        module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
-        with torch.no_grad():
-            weight, scale = _int8_rows(embedding.weight)                     # (V, H), (V,)
-            module.weight.copy_(weight)
-            module.weight_scale.copy_(scale)
-        return module
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(...) int ids -> (..., H) float32."""
-        return self.weight[ids].float() * self.weight_scale[ids].unsqueeze(-1)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
 
 
 # ---------------------------------------------------------------------------- names
 def _hf_module_name(name: str) -> str:
     """bertkit module name -> HF module name (``encoder.layers.0.ffn.up`` ->
     ``encoder.layer.0.intermediate.dense``)."""
-    from bertkit.checkpoint import to_hf_name
     return to_hf_name(name + ".weight")[:-len(".weight")]
-
-
-def _quantizable(model: nn.Module) -> dict[str, nn.Module]:
-    """The model's nn.Linear and nn.Embedding modules by bertkit name, in forward order, less
-    the embeddings that are read other than by lookup: a word embedding tied to an MLM head
-    (its matrix is the vocabulary projection) and the token-type table (BertEmbeddings adds its
-    row 0 directly when no token_type_ids are given; it is 2 rows anyway)."""
-    tied = {id(m.word_embeddings[0]) for m in model.modules()
-            if isinstance(getattr(m, "word_embeddings", None), list)}
-    return {name: m for name, m in model.named_modules()
-            if type(m) is nn.Linear
-            or (type(m) is nn.Embedding and id(m) not in tied
-                and not name.endswith("token_type_embeddings"))}
-
-
-def _to_int8(module: nn.Module) -> nn.Module:
-    if isinstance(module, nn.Linear):
-        return QuantizedLinear.from_float(module)
-    return QuantizedEmbedding.from_float(module)
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
-def is_quantized(model_or_config: Any) -> bool:
-    """True for a model (or BertConfig) quantized by this module."""
-    config = getattr(model_or_config, "config", model_or_config)
-    return "quantization_config" in getattr(config, "extra", {})
-
-
-def check_quantization_config(quantization: Any, where: str) -> None:
-    """Fail clearly on a ``quantization_config`` bertkit cannot load."""
-    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
-    if method != QUANT_METHOD:
-        raise ValueError(f"{where}: quantization_config has quant_method {method!r}; bertkit loads "
-                         f"only its own {QUANT_METHOD!r} folders (written by `bertkit quantize`)")
-    if quantization.get("bits", 8) != 8:
-        raise ValueError(f"{where}: {QUANT_METHOD} supports bits=8 only, got {quantization['bits']}")
-
-
-def prepare_int8_model(model: nn.Module, quantization: dict, hf_state: dict[str, torch.Tensor],
-                       where: str = "checkpoint") -> None:
-    """Loading hook (:func:`bertkit.checkpoint.load_model`): swap every Linear / Embedding that
-    the checkpoint holds as int8 (``NAME.weight`` int8 + ``NAME.weight_scale``) for an empty
-    :class:`QuantizedLinear` / :class:`QuantizedEmbedding`, so that the ordinary key- and
-    shape-checked load fills int8 modules (and never casts int8 numbers into fp32 ones)."""
-    from bertkit.checkpoint import _model_key
-    check_quantization_config(quantization, where)
-    has_prefix = any(k.startswith("bert.") for k in model.state_dict())
-    modules = _quantizable(model)
-    int8_keys = [k for k in hf_state if k.endswith(".weight_scale")]
-    expected = quantization.get("quantized_modules", len(int8_keys))
-    if len(int8_keys) != expected or not int8_keys:
-        raise ValueError(f"{where}: config.json says {expected} int8 layer(s) but the weights hold "
-                         f"{len(int8_keys)} (NAME.weight_scale tensors): the folder is damaged")
-    for hf_key in int8_keys:
-        hf_name = hf_key[:-len(".weight_scale")]
-        weight = hf_state.get(hf_name + ".weight")
-        if weight is None or weight.dtype != torch.int8:
-            raise ValueError(f"{where}: {hf_key} has no int8 {hf_name}.weight beside it "
-                             f"(found {None if weight is None else weight.dtype})")
-        name = _model_key(hf_name + ".weight", has_prefix)[:-len(".weight")]
-        if name not in modules:
-            if name in dict(model.named_modules()):  # e.g. word embeddings an MLM head ties
-                saved = ", ".join(model.config.architectures or []) or "see config.json"
-                raise ValueError(f"{where} stores {hf_name} as int8, which {type(model).__name__} "
-                                 f"cannot use as int8; load it as the class it was saved as "
-                                 f"({saved})")
-            continue  # another head's layer (e.g. loading a classifier folder as BertModel)
-        m = modules[name]
-        if isinstance(m, nn.Linear):
-            shell = QuantizedLinear(m.in_features, m.out_features, m.bias is not None)
-        else:
-            shell = QuantizedEmbedding(m.num_embeddings, m.embedding_dim, m.padding_idx)
-        _set_module(model, name, shell)
 
 
 # ---------------------------------------------------------------------------- measuring
 def probe_texts(n: int = PROBE_SIZE) -> list[str]:
     """``n`` English sentences of varied length from the standard library's docstrings (present
     on any Python install): the probe when no data file is given."""
+    # Imported here as text sources (their docstrings), not as code this module uses.
     import argparse as m1, collections as m2, json as m3, logging as m4, pathlib as m5, random
     words: list[str] = []
     for module in (m1, m2, m3, m4, m5):
@@ -379,18 +173,18 @@ def layer_errors(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, 
         return len(stages)  # after the encoder: pooler and head
 
     errors = {}
-    for name, module in _quantizable(model).items():
+    for name, module in quantizable_modules(model).items():
         replayed = stages[:first_stage_changed(name)]
         originals = {stage: model.get_submodule(stage) for stage in replayed}
         for stage in replayed:
-            _set_module(model, stage, _Replay(recorded[stage]))
-        _set_module(model, name, _to_int8(module))
+            set_module(model, stage, _Replay(recorded[stage]))
+        set_module(model, name, to_int8(module))
         try:
             errors[name] = _relative_error(_main_output(model(**batch), mask), reference)
         finally:
-            _set_module(model, name, module)
+            set_module(model, name, module)
             for stage, original in originals.items():
-                _set_module(model, stage, original)
+                set_module(model, stage, original)
     return errors
 
 
@@ -424,7 +218,7 @@ def quantize_model(model: nn.Module, batch: dict[str, torch.Tensor] | None = Non
     if max_layer_error < 0:
         raise ValueError(f"max_layer_error must be >= 0, got {max_layer_error}")
     fp32 = copy.deepcopy(model).cpu().eval()
-    candidates = _quantizable(fp32)
+    candidates = quantizable_modules(fp32)
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no Linear or Embedding layer to quantize")
     hf_names = {name: _hf_module_name(name) for name in candidates}
@@ -439,7 +233,7 @@ def quantize_model(model: nn.Module, batch: dict[str, torch.Tensor] | None = Non
     quantized = fp32 if batch is None else copy.deepcopy(fp32)
     for name, module in candidates.items():
         if name not in keep:
-            _set_module(quantized, name, _to_int8(module))
+            set_module(quantized, name, to_int8(module))
     report = QuantizationReport(
         layer_errors={hf_names[n]: e for n, e in errors.items()},
         fp32_modules=[hf_names[n] for n in candidates if n in keep],
@@ -469,13 +263,13 @@ def _weights_size(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in weights)
 
 
-def _data_probe(model_dir: str, data: str, n: int) -> tuple[dict[str, torch.Tensor], str]:
+def _data_probe(model_dir: str, data: str, n: int) -> tuple[dict[str, torch.Tensor], Task]:
     """A probe batch of ``n`` items spread over a task data file, encoded as evaluation
     encodes it (so NER/QA items look as the model will see them). Returns (batch, task)."""
-    from bertkit.data.tasks import PaddingCollator
-    from bertkit.training.finetune import _encode, _load_examples, _load_folder
-    model, tokenizer, task, settings = _load_folder(model_dir, "cpu")
-    dataset = _encode(task, _load_examples(task, data), tokenizer, settings, None, labelled=False)
+    opened = open_task_folder(model_dir, "cpu")
+    task, tokenizer = opened.task, opened.tokenizer
+    dataset = task.encode(task.load_examples(data), tokenizer, opened.settings, None,
+                          labelled=False)
     if len(dataset) == 0:
         raise ValueError(f"{data} holds no examples")
     step = max(1, len(dataset) // n)
@@ -500,8 +294,6 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
     (the report), written as a whole at the end (:func:`bertkit.outputs.output_folder`: an
     existing folder is refused unless ``overwrite``; a failure leaves it as it was).
     """
-    from bertkit.inference import load_for_inference
-    from bertkit.config import BertConfig
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model folder {model_dir} does not exist")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
@@ -528,8 +320,7 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
     quantized, report = quantize_model(model, batch, max_layer_error, keep_fp32)
 
     if data is not None:
-        from bertkit.training.finetune import evaluate_folder
-        metric = SCORE_METRIC[task]
+        metric = task.default_metric  # the score that selects the best checkpoint
         fp32_metrics = evaluate_folder(model_dir, data, batch_size=batch_size, device="cpu",
                                        model=model)
         int8_metrics = evaluate_folder(model_dir, data, batch_size=batch_size, device="cpu",
@@ -543,7 +334,6 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
                              f"{max_drop:g}; nothing written (keep more layers fp32 with a lower "
                              f"--max-layer-error)")
 
-    from bertkit.training.finetune import _write_json
     with output_folder(out_dir, inputs={"--model": model_dir, "--data": data},
                        overwrite=overwrite) as staging:
         quantized.save_pretrained(staging)
@@ -552,7 +342,7 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
             if os.path.isfile(os.path.join(model_dir, name)):
                 shutil.copy2(os.path.join(model_dir, name), staging)
         sizes = {"fp32_bytes": _weights_size(model_dir), "int8_bytes": _weights_size(staging)}
-        _write_json(os.path.join(staging, REPORT_FILE), {**dataclasses.asdict(report), **sizes,
-                                                         "source": os.path.abspath(model_dir)})
+        write_json(os.path.join(staging, REPORT_FILE), {**dataclasses.asdict(report), **sizes,
+                                                        "source": os.path.abspath(model_dir)})
     report.scores.update(sizes)
     return report

@@ -169,13 +169,8 @@ def _collect_raw_docstrings(module_names, out_path, skip_top, no_submodules, wal
     Runs in a child interpreter from its source text, so it may use only the standard library.
     Output: a list of [module, qualified name, kind, docstring], in a deterministic order.
     """
-    import contextlib
-    import importlib
-    import inspect
-    import io
-    import json
-    import pkgutil
-    import warnings
+    # Imported here, not at the top: the child interpreter runs this function's source alone.
+    import contextlib, importlib, inspect, io, json, pkgutil, warnings  # noqa: E401
 
     def wanted(name):
         parts = name.split(".")

@@ -22,7 +22,6 @@ the data, and :func:`save_tokenizers` / :func:`load_tokenizers` keep them in a m
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -31,10 +30,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from bertkit.data.tasks import TruncationWarning
-from bertkit.jsonfile import utf8_errors_named
+from bertkit.jsonfile import json_object_line, utf8_errors_named
+from bertkit.modeling.bert import IGNORE_INDEX  # label value the loss skips
 from bertkit.tokenizer import Tokenizer
 
-IGNORE_INDEX = -100
 TARGET_TOKENIZER_DIR = "target_tokenizer"
 
 
@@ -133,14 +132,7 @@ def _read_jsonl(path: str) -> list[ParallelExample]:
     examples = []
     for index, line in enumerate(_read_lines(path), start=1):
         _check_text(line, path, index)
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{index}: malformed JSON line: {e.msg} "
-                             f"(column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{index}: expected a JSON object per line, found "
-                             f"{type(record).__name__}")
+        record = json_object_line(line, path, index)
         texts = []
         for name in ("source", "target"):
             value = record.get(name)

@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from bertkit.modeling.bert import IGNORE_INDEX
 
 __all__ = [
     "LAYOUTS",
@@ -361,21 +364,31 @@ def prepare_corpus(
         meta["key"] = key
         meta["settings"] = {"layout": layout, "shard_tokens": shard_tokens}
         _write_json_atomic(tmp / META_NAME, meta)
-        if target.exists():
-            if (_complete_meta(target) or {}).get("key") == key:
-                shutil.rmtree(tmp)  # another process finished the same build first
-                return ShardIndex(target)
-            shutil.rmtree(target)  # our own stale build (another key) or an empty dir
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if (_complete_meta(target) or {}).get("key") != key:
-                raise
-            shutil.rmtree(tmp)  # lost a race against an identical build
+        _move_into_place(tmp, target, key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ShardIndex(target)
+
+
+def _move_into_place(tmp: Path, target: Path, key: str) -> None:
+    """Rename the finished build dir ``tmp`` to ``target``.
+
+    Another process may have built the same corpus meanwhile: a complete dir with the same key
+    wins and ours is dropped. Anything else at ``target`` is our own stale build (another key)
+    or an empty dir (``prepare_corpus`` refused any other content before building).
+    """
+    if target.exists():
+        if (_complete_meta(target) or {}).get("key") == key:
+            shutil.rmtree(tmp)  # another process finished the same build first
+            return
+        shutil.rmtree(target)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if (_complete_meta(target) or {}).get("key") != key:
+            raise
+        shutil.rmtree(tmp)  # lost a race against an identical build
 
 
 def _complete_meta(directory: Path) -> dict | None:
@@ -474,8 +487,6 @@ def _raw_to_npy(raw: Path, npy: Path, last: int, chunk: int = 1 << 22) -> None:
 
 
 def _build_shards(paths, layouts, tokenizer, directory, shard_tokens, batch_sentences, progress) -> dict:
-    from tqdm.auto import tqdm
-
     writer = _ShardWriter(directory, int(tokenizer.vocab_size), shard_tokens)
     sizes = [p.stat().st_size for p in paths]
     files_meta = []
@@ -683,81 +694,111 @@ def build_examples(
 
 
 def _nsp_spans(corpus: ShardIndex, max_seq_length: int, short_seq_prob: float, seed: int, dupe_factor: int):
-    rng = np.random.default_rng(seed)
-    # [CLS], [SEP], [SEP] take 3 positions.
-    max_num_tokens = max_seq_length - 3
-    sent_off = corpus.sentence_offsets
-    doc_off = np.asarray(corpus.document_offsets)
-    num_docs = corpus.num_documents
-    a_start, a_end, b_start, b_end = array("q"), array("q"), array("q"), array("q")
-    labels = array("b")
+    """All NSP examples: spans int64 (N, 4) [a_start, a_end, b_start, b_end], labels int8 (N,).
 
+    ``dupe_factor`` passes over the documents in order, one random stream (``seed``) for all of
+    them; ``_document_nsp_pairs`` cuts one document.
+    """
+    rng = np.random.default_rng(seed)
+    max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP] take 3 positions
+    spans, labels = array("q"), array("b")
     for _ in range(dupe_factor):
-        for d in range(num_docs):
-            s0, s1 = int(doc_off[d]), int(doc_off[d + 1])
-            starts = sent_off[s0 : s1 + 1].tolist()  # token offsets; sentence j = [starts[j], starts[j+1])
-            n = s1 - s0
-            # Pretraining mostly sees full-length sequences (the model is cheap to train on them
-            # and they carry the most context), but fine-tuning inputs are often short, so a
-            # fraction of documents aim for a random shorter length to avoid a train/test mismatch.
-            # As in the original, the draw is made once per document.
-            target = max_num_tokens
-            if rng.random() < short_seq_prob:
-                target = int(rng.integers(2, max_num_tokens + 1))
-            # Segments are whole sentences, so NSP asks about real discourse continuity and the
-            # model does not learn to predict the break from a cut mid-sentence.
-            chunk_start, current_length, i = 0, 0, 0
-            while i < n:
-                current_length += starts[i + 1] - starts[i]
-                if i == n - 1 or current_length >= target:
-                    k = i + 1 - chunk_start  # sentences in the chunk
-                    # A is a random-length prefix of the chunk so segment lengths vary.
-                    a_sents = 1 if k < 2 else int(rng.integers(1, k))
-                    pa0, pa1 = starts[chunk_start], starts[chunk_start + a_sents]
-                    if k == 1 and i > 0 and rng.random() < 0.5:
-                        # A lone sentence (a long one, or a document's tail left by a put-back)
-                        # has no continuation inside its chunk, and the original then always
-                        # makes it NotNext: on corpora of short documents that pushes IsNext far
-                        # below one half (38% on the default corpus). Deviation from the
-                        # original: half the time it is B after the sentence before it as A, a
-                        # real continuation, so IsNext stays at ~50%.
-                        is_random = 0
-                        pa0, pa1, pb0, pb1 = starts[i - 1], starts[i], starts[i], starts[i + 1]
-                    elif k == 1 or rng.random() < 0.5:
-                        is_random = 1
-                        target_b = target - (pa1 - pa0)
-                        # Never the same document: a "random" B from A's own document would often
-                        # be a true continuation and teach the model a wrong label.
-                        other = int(rng.integers(0, num_docs - 1))
-                        other += other >= d
-                        r0, r1 = int(doc_off[other]), int(doc_off[other + 1])
-                        j = int(rng.integers(r0, r1))
-                        pb0 = pb1 = int(sent_off[j])
-                        while j < r1:
-                            pb1 = int(sent_off[j + 1])
-                            j += 1
-                            if pb1 - pb0 >= target_b:
-                                break
-                        # The chunk's sentences not used by A are "put back": the next chunk
-                        # starts right after A, so no text of the document is wasted.
-                        i -= k - a_sents
-                    else:
-                        is_random = 0
-                        pb0, pb1 = pa1, starts[i + 1]
-                    # Truncate the longer segment, from the front or the back at random: always
-                    # cutting the end would bias which words sit next to [SEP].
-                    cut_a, cut_b = _truncation_counts(pa1 - pa0, pb1 - pb0, max_num_tokens)
-                    front_a = int(rng.binomial(cut_a, 0.5)) if cut_a else 0
-                    front_b = int(rng.binomial(cut_b, 0.5)) if cut_b else 0
-                    a_start.append(pa0 + front_a)
-                    a_end.append(pa1 - (cut_a - front_a))
-                    b_start.append(pb0 + front_b)
-                    b_end.append(pb1 - (cut_b - front_b))
-                    labels.append(is_random)
-                    chunk_start, current_length = i + 1, 0
-                i += 1
-    spans = np.stack([np.frombuffer(a, dtype=np.int64) for a in (a_start, a_end, b_start, b_end)], axis=1)
-    return spans.reshape(-1, 4), np.frombuffer(labels, dtype=np.int8).copy()
+        for document in range(corpus.num_documents):
+            for span, is_random in _document_nsp_pairs(corpus, document, max_num_tokens, short_seq_prob, rng):
+                spans.extend(span)
+                labels.append(is_random)
+    return np.frombuffer(spans, dtype=np.int64).reshape(-1, 4).copy(), np.frombuffer(labels, dtype=np.int8).copy()
+
+
+def _document_nsp_pairs(corpus: ShardIndex, document: int, max_num_tokens: int, short_seq_prob: float, rng):
+    """Yield ``((a_start, a_end, b_start, b_end), is_random)`` for one document, in order.
+
+    BERT's ``create_instances_from_document``: gather whole sentences into a chunk until it
+    reaches the target length (or the document ends), split the chunk into A and B, truncate
+    the pair to ``max_num_tokens``, start the next chunk. Spans are global token positions.
+    """
+    sentences = corpus.document_sentences(document)
+    # Token offsets within the document: local sentence s is tokens [offsets[s], offsets[s + 1]).
+    offsets = corpus.sentence_offsets[sentences.start : sentences.stop + 1].tolist()
+    num_sentences = len(sentences)
+    target = _nsp_target_length(max_num_tokens, short_seq_prob, rng)
+    chunk_start = 0
+    while chunk_start < num_sentences:
+        # Segments are whole sentences, so NSP asks about real discourse continuity and the
+        # model does not learn to predict the break from a cut mid-sentence.
+        chunk_end = _sentences_reaching(offsets, chunk_start, num_sentences, target)
+        chunk_size = chunk_end - chunk_start
+        # A is a random-length prefix of the chunk (at least one sentence, leaving at least one
+        # for B) so segment lengths vary.
+        a_end = chunk_start + (1 if chunk_size < 2 else int(rng.integers(1, chunk_size)))
+        a = (offsets[chunk_start], offsets[a_end])
+        next_start = chunk_end
+        if chunk_size == 1 and chunk_start > 0 and rng.random() < 0.5:
+            # A lone sentence (a long one, or a document's tail left by a put-back) has no
+            # continuation inside its chunk, and the original then always makes it NotNext: on
+            # corpora of short documents that pushes IsNext far below one half (38% on the
+            # default corpus). Deviation from the original: half the time it is B after the
+            # sentence before it as A, a real continuation, so IsNext stays at ~50%.
+            is_random = 0
+            a, b = (offsets[chunk_start - 1], offsets[chunk_start]), (offsets[chunk_start], offsets[chunk_end])
+        elif chunk_size == 1 or rng.random() < 0.5:
+            is_random = 1
+            b = _random_segment(corpus, document, target - (a[1] - a[0]), rng)
+            # The chunk's sentences not used by A are "put back": the next chunk starts right
+            # after A, so no text of the document is wasted.
+            next_start = a_end
+        else:
+            is_random = 0
+            b = (a[1], offsets[chunk_end])
+        yield _truncate_pair(a, b, max_num_tokens, rng), is_random
+        chunk_start = next_start
+
+
+def _nsp_target_length(max_num_tokens: int, short_seq_prob: float, rng) -> int:
+    """The chunk length one document aims for (drawn once per document, as in the original).
+
+    Pretraining mostly sees full-length sequences (the model is cheap to train on them and they
+    carry the most context), but fine-tuning inputs are often short, so a fraction of documents
+    aim for a random shorter length to avoid a train/test mismatch.
+    """
+    if rng.random() < short_seq_prob:
+        return int(rng.integers(2, max_num_tokens + 1))
+    return max_num_tokens
+
+
+def _sentences_reaching(offsets: Sequence[int], first: int, stop: int, min_tokens: int) -> int:
+    """The end (exclusive) of the shortest run of sentences from ``first`` that holds at least
+    ``min_tokens`` tokens; ``stop`` when even all sentences up to ``stop`` hold fewer. The run
+    has at least one sentence. ``offsets[s]`` is the first token of sentence ``s``."""
+    end = first + 1
+    while end < stop and offsets[end] - offsets[first] < min_tokens:
+        end += 1
+    return end
+
+
+def _random_segment(corpus: ShardIndex, document: int, min_tokens: int, rng) -> tuple[int, int]:
+    """B for a NotNext example: whole sentences from a random point of another document, until
+    ``min_tokens`` tokens or that document's end. Returns the global token span."""
+    # Never the same document: a "random" B from A's own document would often be a true
+    # continuation and teach the model a wrong label.
+    other = int(rng.integers(0, corpus.num_documents - 1))
+    other += other >= document
+    sentences = corpus.document_sentences(other)
+    start = int(rng.integers(sentences.start, sentences.stop))
+    end = _sentences_reaching(corpus.sentence_offsets, start, sentences.stop, min_tokens)
+    return int(corpus.sentence_offsets[start]), int(corpus.sentence_offsets[end])
+
+
+def _truncate_pair(a: tuple[int, int], b: tuple[int, int], max_num_tokens: int, rng) -> tuple[int, int, int, int]:
+    """Cut spans A and B to ``max_num_tokens`` together (BERT's ``truncate_seq_pair``).
+
+    Each removed token comes from the front or the back at random: always cutting the end
+    would bias which words sit next to [SEP].
+    """
+    cut_a, cut_b = _truncation_counts(a[1] - a[0], b[1] - b[0], max_num_tokens)
+    front_a = int(rng.binomial(cut_a, 0.5)) if cut_a else 0
+    front_b = int(rng.binomial(cut_b, 0.5)) if cut_b else 0
+    return a[0] + front_a, a[1] - (cut_a - front_a), b[0] + front_b, b[1] - (cut_b - front_b)
 
 
 def _packed_spans(corpus: ShardIndex, max_seq_length: int) -> np.ndarray:
@@ -1019,7 +1060,7 @@ class MlmCollator:
     def mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask a padded batch: returns (masked input_ids (B, T), labels (B, T) with -100)."""
         chosen = self.choose(input_ids, attention_mask)  # (B, T)
-        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         u = torch.rand(input_ids.shape, generator=self.generator)  # (B, T)
         random_ids = self._replacement_ids[
             torch.randint(len(self._replacement_ids), input_ids.shape, generator=self.generator)

@@ -39,9 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from bertkit.jsonfile import utf8_errors_named
-
-IGNORE_INDEX = -100  # label value the loss skips (padding, special tokens, non-first sub-tokens)
+from bertkit.jsonfile import json_object_line, utf8_errors_named
+from bertkit.modeling.bert import IGNORE_INDEX  # label value the loss skips
 
 # Accepted text columns, tried in order: (first text, second text or None). "text_pair" is
 # optional with "text"; the GLUE pairs need both columns.
@@ -231,17 +230,8 @@ def _read_table(path: str, fmt: str) -> Iterable[tuple[int, dict]]:
 def _read_jsonl(path: str) -> Iterable[tuple[int, dict]]:
     with utf8_errors_named(path), open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: malformed JSON line: {e.msg} "
-                                 f"(column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object per line, found "
-                                 f"{type(record).__name__}")
-            yield line_no, record
+            if line.strip():
+                yield line_no, json_object_line(line, path, line_no)
 
 
 def _fields_found(record: Mapping) -> str:
@@ -714,7 +704,7 @@ def load_squad(path: str | os.PathLike) -> list[QaExample]:
 
 def qa_gold(examples: Sequence[QaExample]) -> dict[str, list[str]]:
     """Question id -> gold answer texts (empty for unanswerable), the ``gold`` argument of
-    :func:`bertkit.training.metrics.squad_metrics`."""
+    :func:`bertkit.tasks.metrics.squad_metrics`."""
     return {ex.id: [a["text"] for a in ex.answers] for ex in examples}
 
 

@@ -18,10 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertkit.checkpoint import load_model, save_model
 from bertkit.config import BertConfig
 from bertkit.modeling.layers import (ACTIVATIONS, BertEmbeddings, EncoderLayer,
                                      init_transformer_weights, padding_mask_bias)
 
+# The label value every loss in bertkit skips (padding, special tokens, non-first sub-tokens,
+# unmasked positions): torch's cross_entropy default, and what transformers' collators write.
 IGNORE_INDEX = -100
 
 
@@ -97,12 +100,10 @@ class BertPreTrainedModel(nn.Module):
         ``pytorch_model.bin``). ``config_overrides`` set config fields first (e.g.
         ``num_labels=3``, ``id2label={...}``, ``hidden_dropout_prob=0.0``). Head weights the
         folder lacks are initialised fresh and reported; see :func:`bertkit.checkpoint.load_model`."""
-        from bertkit.checkpoint import load_model
         return load_model(cls, folder, strict=strict, verbose=verbose, **config_overrides)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` with HF parameter names."""
-        from bertkit.checkpoint import save_model
         save_model(self, folder)
 
     @property

@@ -30,27 +30,27 @@ included).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertkit.config import SIZE_LIMITS, BertConfig, ConfigError, FieldChecker
-from bertkit.jsonfile import read_json_object
-from bertkit.outputs import as_user_file
+from bertkit.checkpoint import WEIGHTS_NAME, from_hf_name, read_state_dict
+from bertkit.config import (CONFIG_NAME, SIZE_LIMITS, BertConfig, FieldChecker,
+                            config_from_file, read_config_file, write_config_file)
+from bertkit.modeling.bert import IGNORE_INDEX
 from bertkit.modeling.layers import (ACTIVATIONS, FeedForward, SelfAttention, attention,
                                      causal_mask_bias, init_transformer_weights, merge_heads,
                                      padding_mask_bias, split_heads)
+from bertkit.outputs import as_user_file
+from bertkit.tokenizer import Tokenizer
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "bertkit-seq2seq"
-IGNORE_INDEX = -100
 
 POSITION_ENCODINGS = ("sinusoidal", "learned")
 NORMS = ("post", "pre")
@@ -204,7 +204,6 @@ class Seq2SeqConfig:
             folder = os.fspath(bert)
             bert = BertConfig.from_pretrained(folder)
             if os.path.isfile(os.path.join(folder, "vocab.txt")):
-                from bertkit.tokenizer import Tokenizer
                 tokenizer = Tokenizer.from_pretrained(folder)
                 token_ids = dict(bos_token_id=tokenizer.cls_token_id,
                                  eos_token_id=tokenizer.sep_token_id)
@@ -238,23 +237,14 @@ class Seq2SeqConfig:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "Seq2SeqConfig":
         """Read ``folder/config.json`` (or a path to a json file)."""
-        path = os.fspath(folder)
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        data = read_json_object(path, missing=f"no {CONFIG_NAME} found at {path}")
+        path, data = read_config_file(folder)
         if data.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{path}: model_type {data.get('model_type')!r} is not a bertkit "
                              f"seq2seq model (expected {MODEL_TYPE!r})")
-        try:
-            return cls.from_dict(data)
-        except ConfigError as e:
-            raise e.in_file(path) from None
+        return config_from_file(cls, data, path)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+        write_config_file(self.to_dict(), folder)
 
 
 # ============================================================================ outputs
@@ -868,16 +858,14 @@ class TransformerSeq2Seq(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` (tied matrices stored once). The
         tokenizer(s) are the caller's to save (see :func:`bertkit.data.parallel.save_tokenizers`)."""
-        from safetensors.torch import save_model
         os.makedirs(folder, exist_ok=True)
         self.config.save_pretrained(folder)
-        save_model(self, os.path.join(os.fspath(folder), WEIGHTS_NAME), metadata={"format": "pt"})
+        safetensors.torch.save_model(self, os.path.join(os.fspath(folder), WEIGHTS_NAME), metadata={"format": "pt"})
         as_user_file(os.path.join(os.fspath(folder), WEIGHTS_NAME))
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "TransformerSeq2Seq":
         """Load a folder written by :meth:`save_pretrained`; the model is returned in eval mode."""
-        from safetensors.torch import load_model
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"model folder {folder} does not exist")
@@ -886,7 +874,7 @@ class TransformerSeq2Seq(nn.Module):
             raise FileNotFoundError(f"{folder} has no {WEIGHTS_NAME}")
         model = cls(Seq2SeqConfig.from_pretrained(folder))
         try:
-            load_model(model, weights, strict=True)
+            safetensors.torch.load_model(model, weights, strict=True)
         except RuntimeError as e:
             raise ValueError(f"{weights} does not fit the model of "
                              f"{folder}/{CONFIG_NAME}: {e}") from None
@@ -905,8 +893,6 @@ class TransformerSeq2Seq(nn.Module):
         then returns BERT's ``last_hidden_state``. A shape or setting that does not match is a
         ``ValueError`` naming it.
         """
-        from bertkit.checkpoint import from_hf_name, read_state_dict
-        from bertkit.config import BertConfig
         folder = os.fspath(folder)
         bert = BertConfig.from_pretrained(folder)
         config = self.config

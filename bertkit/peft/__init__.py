@@ -12,17 +12,22 @@ One interface for every method::
 See :mod:`bertkit.peft.base` for the adapter folder format (the peft library's).
 """
 
-from bertkit.peft.adalora import AdaLora, SVDLinear, budget_at, planned_steps
+from bertkit.peft.adalora import AdaLora, SVDLinear, budget_at
 from bertkit.peft.adapters import BottleneckAdapter, BottleneckAdapters
 from bertkit.peft.base import (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PeftMethod, PeftModel,
                                adapter_task_config, apply_peft, count_parameters,
                                is_adapter_folder, load_adapter, match_targets, merge_lora,
-                               method_class, on_step, read_adapter_config, save_adapter)
+                               method_class, on_step, read_adapter_config, register_method,
+                               save_adapter)
 from bertkit.peft.bitfit import BitFit
 from bertkit.peft.lora import Lora, LoraLinear
 from bertkit.peft.prefix import PrefixEncoder, PrefixTuning, drop_reparametrization
 
-METHODS = ("lora", "adapter", "prefix", "adalora", "bitfit")
+# The one table of methods (``--peft NAME``), in the order errors and --help list them.
+_METHOD_CLASSES = (Lora, BottleneckAdapters, PrefixTuning, AdaLora, BitFit)
+for _method in _METHOD_CLASSES:
+    register_method(_method)
+METHODS = tuple(method.name for method in _METHOD_CLASSES)
 # Peak learning rates when none is given: a few hundred thousand new parameters learn at 10-40x
 # full fine-tuning's 5e-5 (measured on the demo task with all-MiniLM-L6-v2: LoRA at 5e-5 barely
 # moves in 3 epochs; benchmarks/peft.py uses the same table).
@@ -31,6 +36,6 @@ DEFAULT_LR = {"lora": 2e-3, "adapter": 1e-3, "prefix": 1e-2, "adalora": 1e-3, "b
 __all__ = ["METHODS", "DEFAULT_LR", "ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "PeftMethod", "PeftModel",
            "apply_peft", "save_adapter", "load_adapter", "merge_lora", "on_step",
            "count_parameters", "is_adapter_folder", "read_adapter_config", "adapter_task_config",
-           "match_targets", "method_class", "planned_steps", "budget_at", "drop_reparametrization",
+           "match_targets", "method_class", "register_method", "budget_at", "drop_reparametrization",
            "Lora", "LoraLinear", "AdaLora", "SVDLinear", "BottleneckAdapters", "BottleneckAdapter",
            "PrefixTuning", "PrefixEncoder", "BitFit"]

@@ -26,7 +26,6 @@ fixed at α / r₀ so a pruned adapter reloads with the same outputs.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -55,23 +54,6 @@ def budget_at(step: int, init_budget: int, target_budget: int, t_init: int, t_fi
     return budget, step % delta_t == 0
 
 
-def planned_steps(num_examples: int, config: Any, world_size: int = 1) -> int:
-    """Optimizer updates a Trainer run of ``config`` (a TrainingConfig) will make:
-    AdaLoRA's ``total_steps``. ValueError for a run bounded only by a time budget."""
-    from bertkit.training.trainer import ShardedBatchSampler
-    limits = []
-    if config.max_steps is not None:
-        limits.append(config.max_steps)
-    if config.epochs is not None:
-        batches = ShardedBatchSampler.num_batches(num_examples, config.batch_size, world_size,
-                                                  config.drop_last)
-        limits.append(math.ceil(config.epochs * batches / config.grad_accum_steps))
-    if not limits:
-        raise ValueError("AdaLoRA needs the planned number of steps: set max_steps or epochs "
-                         "(a run bounded only by time_budget has none)")
-    return min(limits)
-
-
 class SVDLinear(MergeableLinear):
     """An ``nn.Linear`` (shared weight and bias) with an AdaLoRA update of rank ``r``.
 
@@ -84,14 +66,8 @@ class SVDLinear(MergeableLinear):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, init_r: int, dropout: float = 0.0,
                  module_name: str = "") -> None:
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        self.module_name = module_name
-        self.r = r
+        factory = self._wrap(base, r, module_name)
         self.scaling = alpha / init_r
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Parameter(torch.randn(r, self.in_features, **factory) * 0.02)   # Q
         self.lora_E = nn.Parameter(torch.zeros(r, 1, **factory))                         # Λ
         self.lora_B = nn.Parameter(torch.randn(self.out_features, r, **factory) * 0.02)  # P
@@ -101,8 +77,6 @@ class SVDLinear(MergeableLinear):
             shape = getattr(self, f"lora_{part}").shape
             self.register_buffer(f"ipt_{part}", torch.zeros(shape, **factory))
             self.register_buffer(f"unc_{part}", torch.zeros(shape, **factory))
-        self.merged = False
-        self._original_weight: torch.Tensor | None = None
 
     def delta_weight(self) -> torch.Tensor:
         """(out, in): P Λ Q α / r₀."""
@@ -150,7 +124,8 @@ class AdaLora(PeftMethod):
 
     Options: ``init_r`` (r₀, 12), ``target_r`` (r_T, 8: the mean final rank), ``alpha`` (16),
     ``dropout`` (0.1), ``targets`` (["query", "value"]), ``total_steps`` (T, required: the
-    planned optimizer updates, see :func:`planned_steps`), ``t_init`` / ``t_final`` (warm-up
+    planned optimizer updates: the caller's plan, e.g.
+    :func:`bertkit.training.trainer.planned_steps`), ``t_init`` / ``t_final`` (warm-up
     and final steps; default 10% / 30% of T), ``delta_t`` (steps between re-allocations, 1),
     ``beta1`` / ``beta2`` (0.85: importance and uncertainty smoothing), ``orth_reg_weight``
     (γ, 0.1). ``rank_allocation`` ({module: rank}) is set when loading a saved adapter.
@@ -179,8 +154,8 @@ class AdaLora(PeftMethod):
             total = o["total_steps"]
             if total is None:
                 raise ValueError("adalora needs option total_steps (the planned optimizer "
-                                 "updates; bertkit.peft.planned_steps computes it from a "
-                                 "TrainingConfig)")
+                                 "updates; bertkit.training.trainer.planned_steps computes it "
+                                 "from a TrainingConfig)")
             _check_positive_int("adalora", "total_steps", total)
             if o["t_init"] is None:
                 o["t_init"] = total // 10

@@ -34,11 +34,14 @@ import warnings
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bertkit.jsonfile import read_json_object
-from bertkit.checkpoint import from_hf_name, read_state_dict, to_hf_name, unwrap_model
+from bertkit.checkpoint import (from_hf_name, load_state_dict_into, read_state_dict, to_hf_name,
+                                unwrap_model)
 from bertkit.config import BertConfig
+from bertkit.jsonfile import read_json_object
+from bertkit.modeling.bert import HEAD_CLASSES
 from bertkit.outputs import as_user_file, check_output_folder, output_folder
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -248,22 +251,28 @@ class PeftMethod:
         """Called by the Trainer after every optimizer update, gradients still present."""
 
 
+# The method classes by ``--peft`` name. The methods' modules import this one, so they are
+# registered from the outside: bertkit.peft (the package, always imported first) registers all
+# five in the order errors list them.
+_METHODS: dict[str, type[PeftMethod]] = {}
+
+
+def register_method(cls: type[PeftMethod]) -> type[PeftMethod]:
+    """Make ``cls`` available to :func:`method_class`, :func:`apply_peft` and
+    :func:`load_adapter` under ``cls.name`` (and its adapters under ``cls.peft_type``)."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
 def method_class(name: str) -> type[PeftMethod]:
     """The method class of a ``--peft`` name (lora, adapter, prefix, adalora, bitfit)."""
-    from bertkit.peft.adalora import AdaLora
-    from bertkit.peft.adapters import BottleneckAdapters
-    from bertkit.peft.bitfit import BitFit
-    from bertkit.peft.lora import Lora
-    from bertkit.peft.prefix import PrefixTuning
-    methods = {cls.name: cls for cls in (Lora, BottleneckAdapters, PrefixTuning, AdaLora, BitFit)}
-    if name not in methods:
-        raise ValueError(f"unknown PEFT method {name!r}; choose one of {', '.join(methods)}")
-    return methods[name]
+    if name not in _METHODS:
+        raise ValueError(f"unknown PEFT method {name!r}; choose one of {', '.join(_METHODS)}")
+    return _METHODS[name]
 
 
 def _method_for_peft_type(peft_type: str, path: str) -> type[PeftMethod]:
-    for name in ("lora", "adapter", "prefix", "adalora", "bitfit"):
-        cls = method_class(name)
+    for cls in _METHODS.values():
         if cls.peft_type == peft_type:
             return cls
     raise ValueError(f"{path}: peft_type {peft_type!r} is not supported by bertkit (it loads "
@@ -466,7 +475,6 @@ def save_adapter(model: PeftModel, folder: str | os.PathLike,
     written. ``base_model_folder`` (default: the one given to :func:`apply_peft`) is named in
     the config; ValueError when neither names it.
     """
-    from safetensors.torch import save_file
     model = unwrap_model(model)
     if not isinstance(model, PeftModel):
         raise ValueError(f"save_adapter takes a PeftModel (from apply_peft), got "
@@ -550,7 +558,6 @@ def _check_base(folder: str, base_name: str, saved: dict, config: BertConfig) ->
 
 
 def _head_class_of(adapter_config: dict, base_config: BertConfig, path: str) -> type[nn.Module]:
-    from bertkit.modeling.bert import HEAD_CLASSES
     name = adapter_config.get("bertkit", {}).get("head_class")
     if name is None:
         by_task = {v: k for k, v in TASK_TYPES.items()}
@@ -594,8 +601,6 @@ def load_adapter(folder: str | os.PathLike, base: str | os.PathLike | nn.Module 
         ValueError: the base differs from the adapter's (hidden size, layer count, vocab size,
             heads, FFN size), or a saved tensor has no place / another shape in the model.
     """
-    from safetensors.torch import load_file
-    from bertkit.checkpoint import load_state_dict_into
     folder = os.fspath(folder)
     config_path = os.path.join(folder, ADAPTER_CONFIG_NAME)
     adapter_config = read_adapter_config(folder)
@@ -603,57 +608,78 @@ def load_adapter(folder: str | os.PathLike, base: str | os.PathLike | nn.Module 
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"{weights_path} does not exist: the adapter folder has no weights")
     state = load_file(weights_path)
-    info = adapter_config.get("bertkit", {})
     method_cls = _method_for_peft_type(str(adapter_config["peft_type"]), config_path)
+    saved_base = adapter_config.get("bertkit", {}).get("base", {})
 
     if isinstance(base, nn.Module):
         model = unwrap_model(base)
         base_name = f"the given {type(model).__name__}"
-        _check_base(folder, base_name, info.get("base", {}), model.config)
+        _check_base(folder, base_name, saved_base, model.config)
         base_folder = adapter_config.get("base_model_name_or_path")
     else:
         base_folder = os.fspath(base) if base is not None else adapter_config.get(
             "base_model_name_or_path")
-        if not base_folder:
-            raise ValueError(f"{config_path} names no base model (base_model_name_or_path); "
-                             "pass base=FOLDER")
-        if not os.path.isdir(base_folder):
-            raise FileNotFoundError(
-                f"{config_path} names the base model folder {base_folder}, which does not "
-                "exist; pass the base folder: load_adapter(..., base=FOLDER)")
-        base_config = BertConfig.from_pretrained(base_folder)
-        _check_base(folder, base_folder, info.get("base", {}), base_config)
-        task_config = _task_config(adapter_config, base_config, state)
-        cls = _head_class_of(adapter_config, base_config, config_path)
-        model = cls(task_config)
-        # A base that is itself a fine-tuned model may hold a classifier of another size; the
-        # adapter brings the head, so the base's is not loaded.
-        base_state = {k: v for k, v in read_state_dict(base_folder).items()
-                      if not k.startswith(("classifier.", "qa_outputs."))}
-        try:
-            model.load_report = load_state_dict_into(model, base_state)
-        except ValueError as e:
-            raise ValueError(f"base model {base_folder} does not fit the adapter {folder}: "
-                             f"{e}") from None
+        model = _model_from_base_folder(folder, base_folder, adapter_config, state)
         base_name = base_folder
 
     method = method_cls.for_loading(adapter_config, state, model)
     peft = apply_peft(model, method, base_model_folder=base_folder)
-    targets = {**method.load_targets(peft), **_head_tensors(model)}
-    params = dict(model.named_parameters())
-    has_prefix = bert_of(model) is not model
+    _copy_adapter_tensors(model, method.load_targets(peft), state, weights_path, base_name)
+    if device is not None:
+        peft.to(device)
+    return peft.eval()
+
+
+def _model_from_base_folder(folder: str, base_folder: str | None, adapter_config: dict,
+                            state: dict[str, torch.Tensor]) -> nn.Module:
+    """The adapter's task model (its head class and sizes) holding the base folder's weights."""
+    config_path = os.path.join(folder, ADAPTER_CONFIG_NAME)
+    if not base_folder:
+        raise ValueError(f"{config_path} names no base model (base_model_name_or_path); "
+                         "pass base=FOLDER")
+    if not os.path.isdir(base_folder):
+        raise FileNotFoundError(
+            f"{config_path} names the base model folder {base_folder}, which does not "
+            "exist; pass the base folder: load_adapter(..., base=FOLDER)")
+    base_config = BertConfig.from_pretrained(base_folder)
+    _check_base(folder, base_folder, adapter_config.get("bertkit", {}).get("base", {}), base_config)
+    task_config = _task_config(adapter_config, base_config, state)
+    model = _head_class_of(adapter_config, base_config, config_path)(task_config)
+    # A base that is itself a fine-tuned model may hold a classifier of another size; the
+    # adapter brings the head, so the base's is not loaded.
+    base_state = {k: v for k, v in read_state_dict(base_folder).items()
+                  if not k.startswith(("classifier.", "qa_outputs."))}
+    try:
+        model.load_report = load_state_dict_into(model, base_state)
+    except ValueError as e:
+        raise ValueError(f"base model {base_folder} does not fit the adapter {folder}: "
+                         f"{e}") from None
+    return model
+
+
+def _copy_adapter_tensors(model: nn.Module, method_targets: dict[str, torch.Tensor],
+                          state: dict[str, torch.Tensor], weights_path: str, base_name: str) -> None:
+    """Copy the saved tensors into the model, after checking that each has its place.
+
+    ``method_targets`` maps adapter keys to the method's tensors; the task head's tensors are
+    required too (a head is never initialised silently), and any other saved key must name a
+    base tensor the adapter overrides (peft's bias="all", modules_to_save).
+    """
+    head = _head_tensors(model)
+    targets = {**method_targets, **head}
     missing = sorted(set(targets) - set(state))
     if missing:
         raise ValueError(f"{weights_path} lacks {len(missing)} tensor(s) the model needs: "
                          f"{', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
                          + (" (the task head is never initialised silently)"
-                            if any(k in _head_tensors(model) for k in missing) else ""))
+                            if any(k in head for k in missing) else ""))
+    params = dict(model.named_parameters())
+    has_prefix = bert_of(model) is not model
     problems = []
     with torch.no_grad():
         for key, value in state.items():
             target = targets.get(key)
             if target is None:
-                # Other base tensors the adapter overrides (peft's bias="all", modules_to_save).
                 target = params.get(from_adapter_key(key, has_prefix))
             if target is None:
                 problems.append(f"{key}: no such tensor in {type(model).__name__}")
@@ -665,9 +691,6 @@ def load_adapter(folder: str | os.PathLike, base: str | os.PathLike | nn.Module 
     if problems:
         raise ValueError(f"{weights_path} does not fit the base model {base_name}: "
                          + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
-    if device is not None:
-        peft.to(device)
-    return peft.eval()
 
 
 # ============================================================================ merge

@@ -32,6 +32,20 @@ class MergeableLinear(nn.Linear):
 
     merged: bool
 
+    def _wrap(self, base: nn.Linear, r: int, module_name: str) -> dict:
+        """Share ``base``'s weight and bias (parameter names stay ``<module>.weight``/``.bias``)
+        and set the fields every low-rank layer has; returns the factory keywords (device,
+        dtype) for the update's tensors."""
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.register_parameter("bias", base.bias)
+        self.module_name = module_name
+        self.r = r
+        self.merged = False
+        self._original_weight: torch.Tensor | None = None
+        return dict(device=base.weight.device, dtype=base.weight.dtype)
+
     def delta_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -71,22 +85,14 @@ class LoraLinear(MergeableLinear):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, module_name: str = "") -> None:
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        self.module_name = module_name
-        self.r = r
+        factory = self._wrap(base, r, module_name)
         # rsLoRA (Kalajdzievski, 2023) scales by α/√r so larger ranks keep learning.
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-        self._original_weight: torch.Tensor | None = None
 
     def delta_weight(self) -> torch.Tensor:
         """(out, in): the update (α / r) B A."""

@@ -20,7 +20,8 @@ label values (fixed sets), the Host names answered (``allowed_hosts``, else 400)
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route functions'
-# annotations (Request) at runtime, and those classes are imported inside create_app.
+# annotations (Request) at runtime, and those classes are imported inside the functions that
+# build the app.
 
 import asyncio
 import json
@@ -31,14 +32,19 @@ import sys
 import time
 import traceback
 import uuid
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 
+from bertkit.data.tasks import TruncationWarning
 from bertkit.serve.auth import (KeyChecker, allowed_host_names, check_allowed_hosts, check_bind,
                                 host_allowed, load_api_keys)
 from bertkit.serve.batching import MicroBatcher, QueueFull
+from bertkit.serve.engine import load_served_model
 from bertkit.serve.limits import (ApiError, Limits, boolean, check_fields, integer,
                                   read_json_object, same_length, text_list)
+from bertkit.serve.page import render_page
+from bertkit.version import __version__
 
 CONFIG_ENV = "BERTKIT_SERVE_CONFIG"  # how `--workers N` hands the settings to each worker
 ACCESS_LOG = "bertkit.serve.access"
@@ -128,6 +134,7 @@ class Metrics:
     """The Prometheus metrics of one app, in its own registry (two apps never share counts)."""
 
     def __init__(self):
+        # prometheus_client is imported when an app is built, not whenever the CLI imports this.
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("bertkit_requests", "HTTP requests by route, method and status",
@@ -153,7 +160,7 @@ class Metrics:
         self.model = Info("bertkit_model", "the served model", registry=registry)
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # as in __init__
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
@@ -251,7 +258,7 @@ class _JSON:
 
     @staticmethod
     def response(content, status_code: int = 200, headers: dict | None = None):
-        from fastapi.responses import Response
+        from fastapi.responses import Response  # FastAPI: imported when an app is built
 
         def default(value):
             if hasattr(value, "item"):
@@ -277,33 +284,62 @@ def _request_schema(properties: dict, required: list[str], example: dict) -> dic
 STRINGS = {"type": "array", "items": {"type": "string"}}
 
 
+@dataclass
+class _Service:
+    """What the routes of one app share: the settings, the model and the work around it."""
+    config: ServeConfig
+    served: object  # a bertkit.serve.engine.ServedModel
+    info: dict
+    keys: KeyChecker
+    metrics: Metrics
+    batcher: MicroBatcher
+
+
 def create_app(config: ServeConfig, served=None):
     """The FastAPI app serving ``config.model`` (or an already loaded ``served`` model).
 
     Loads the model and the API keys here, so that a bad folder or keys file fails before the
     server listens.
     """
-    from fastapi import APIRouter, Depends, FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, Response
-    from fastapi.security import HTTPBearer
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    from bertkit.serve.engine import load_served_model
-    from bertkit.serve.page import render_page
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import FastAPI
 
     keys = KeyChecker(load_api_keys(config.api_keys_file))
-    limits = config.limits
     if served is None:
         served = load_served_model(config.model, runtime=config.runtime, device=config.device)
     info = served.info()
+    metrics = _model_metrics(info, keys)
+    service = _Service(config, served, info, keys, metrics, _model_batcher(config, served, metrics))
+    hosts = allowed_host_names(config.host, config.allowed_hosts)
+    app = FastAPI(title="bertkit serve", version=_version(), lifespan=_lifespan(service, hosts),
+                  description=_api_description(info, keys))
+    app.state.served, app.state.batcher, app.state.metrics = served, service.batcher, metrics
+    _add_error_handlers(app)
+    v1 = _model_routes(service)
+    app.include_router(v1)
+    _add_open_routes(app, service)
+    # The middleware added last runs first: the access log sees every request, also those the
+    # Host check turns away.
+    app.add_middleware(_HostMiddleware, names=hosts)
+    routes = frozenset(getattr(route, "path", None) for route in [*app.routes, *v1.routes])
+    app.add_middleware(_AccessMiddleware, metrics=metrics, logger=_json_logger(ACCESS_LOG),
+                       routes=routes - {None})
+    return app
+
+
+def _model_metrics(info: dict, keys: KeyChecker) -> Metrics:
+    """A fresh Metrics, its model info set to what the open routes may tell."""
     # With keys, what /v1/info tells (name, task, labels ...) is for key holders only: the
     # open routes (/, /readyz, /docs, /metrics) leave it out.
     public = {"runtime": info["runtime"]} if keys.enabled else info
     metrics = Metrics()
     metrics.model.info({k: json.dumps(v) if isinstance(v, (list, type(None))) else str(v)
                         for k, v in public.items()})
-    access_log, server_log = _json_logger(ACCESS_LOG), _json_logger(SERVER_LOG)
+    return metrics
+
+
+def _model_batcher(config: ServeConfig, served, metrics: Metrics) -> MicroBatcher:
+    """The MicroBatcher that runs ``served`` and counts its work in ``metrics``."""
 
     def run(key, items, wanted):
         results, stats = served.run(key, items, config.max_padding, wanted)
@@ -318,16 +354,22 @@ def create_app(config: ServeConfig, served=None):
     def on_batch(key, n_items, n_requests):
         metrics.batch_requests.labels(key[0]).observe(n_requests)
 
-    batcher = MicroBatcher(run, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                           enabled=config.batching, on_batch=on_batch,
-                           max_queued=config.max_queued_tokens)
+    return MicroBatcher(run, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                        enabled=config.batching, on_batch=on_batch,
+                        max_queued=config.max_queued_tokens)
+
+
+def _lifespan(service: _Service, hosts: frozenset[str] | None):
+    """The app's lifespan: start the batcher, log the settings; at shutdown stop the batcher."""
+    config, info, batcher = service.config, service.info, service.batcher
+    server_log = _json_logger(SERVER_LOG)
 
     @asynccontextmanager
     async def lifespan(app):
         await batcher.start()
         server_log.info({"event": "startup", "model": info["name"], "task": info["task"],
                          "runtime": info["runtime"], "routes": info["routes"],
-                         "auth": keys.enabled, "batching": config.batching,
+                         "auth": service.keys.enabled, "batching": config.batching,
                          "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                          "max_padding": config.max_padding,
                          "max_queued_tokens": config.max_queued_tokens,
@@ -338,60 +380,98 @@ def create_app(config: ServeConfig, served=None):
         await batcher.stop()  # uvicorn has let in-flight requests finish before this
         server_log.info({"event": "shutdown", "pid": os.getpid()})
 
-    hosts = allowed_host_names(config.host, config.allowed_hosts)
-    app = FastAPI(title="bertkit serve", version=_version(), lifespan=lifespan,
-                  description=("The model is described by `GET /v1/info`. Routes under `/v1` "
-                               "need `Authorization: Bearer <key>`." if keys.enabled else
-                               f"Model **{info['name']}** (task: {info['task']}, architecture: "
-                               f"{info['architecture']}). Routes under `/v1` are open (no API "
-                               "keys configured)."))
-    app.state.served, app.state.batcher, app.state.metrics = served, batcher, metrics
+    return lifespan
 
-    # ---------------------------------------------------------------- errors
-    def error_response(error: ApiError):
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else error.headers
-        return _JSON.response(error.body(), error.status, headers)
+
+def _api_description(info: dict, keys: KeyChecker) -> str:
+    """The /docs page's description (with keys, it says nothing of the model)."""
+    if keys.enabled:
+        return "The model is described by `GET /v1/info`. Routes under `/v1` need `Authorization: Bearer <key>`."
+    return (f"Model **{info['name']}** (task: {info['task']}, architecture: {info['architecture']}). "
+            "Routes under `/v1` are open (no API keys configured).")
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _error_response(error: ApiError):
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else error.headers
+    return _JSON.response(error.body(), error.status, headers)
+
+
+def _add_error_handlers(app) -> None:
+    """Every error, ours or FastAPI's, is answered as ``{"error": {code, message}}``."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException  # its 404s, 405s
 
     @app.exception_handler(ApiError)
     async def api_error(request, error: ApiError):
-        return error_response(error)
+        return _error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, error):
         codes = {404: "not_found", 405: "method_not_allowed"}
         message = {404: f"no route {request.url.path}; see /docs",
                    405: f"{request.method} is not allowed on {request.url.path}"}
-        return error_response(ApiError(error.status_code,
-                                       codes.get(error.status_code, "http_error"),
-                                       message.get(error.status_code, str(error.detail))))
+        return _error_response(ApiError(error.status_code,
+                                        codes.get(error.status_code, "http_error"),
+                                        message.get(error.status_code, str(error.detail))))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, error):
-        return error_response(ApiError(422, "invalid_input", str(error.errors()[:1])))
+        return _error_response(ApiError(422, "invalid_input", str(error.errors()[:1])))
 
-    # ---------------------------------------------------------------- auth
+
+# ---------------------------------------------------------------------------- /v1
+
+
+def _model_routes(service: _Service):
+    """The ``/v1`` router (behind the API key check when keys are configured)."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import APIRouter, Depends, Request
+    from fastapi.security import HTTPBearer  # (built with the app too)
+
     bearer = HTTPBearer(auto_error=False, description="an API key from --api-keys-file or "
                                                       "$BERTKIT_API_KEYS")
 
     async def require_key(request: Request, _=Depends(bearer)):
-        if not keys.check(request.headers.get("authorization")):
+        if not service.keys.check(request.headers.get("authorization")):
             raise ApiError(401, "unauthorized", "missing or wrong API key: send the header "
                            "'Authorization: Bearer <key>'")
 
     v1 = APIRouter(prefix="/v1", tags=["model"],
-                   dependencies=[Depends(require_key)] if keys.enabled else [])
+                   dependencies=[Depends(require_key)] if service.keys.enabled else [])
+    _add_predict_route(v1, service)
+    _add_embed_route(v1, service)
+    _add_fill_mask_route(v1, service)
 
-    async def call_model(request: Request, key: tuple, items: list) -> list:
-        request.state.inputs = len(items)
-        return await _answer_within_limits(request, batcher, served, config, key, items)
+    @v1.get("/info", summary="the served model")
+    async def model_info():
+        return _JSON.response(service.info)
 
-    def unsupported(route: str, code: str, need: str):
-        return ApiError(404, code, f"model {info['name']} ({info['architecture']}) cannot answer "
-                        f"{route}: {need}. It serves: "
-                        + (", ".join(f"/v1/{r}" for r in info["routes"]) or "nothing"))
+    return v1
 
-    # ---------------------------------------------------------------- /v1
-    task = served.task
+
+async def _call_model(request, service: _Service, key: tuple, items: list) -> list:
+    request.state.inputs = len(items)
+    return await _answer_within_limits(request, service.batcher, service.served, service.config,
+                                       key, items)
+
+
+def _unsupported(info: dict, route: str, code: str, need: str) -> ApiError:
+    """The 404 for a route this model cannot answer, naming the routes it can."""
+    return ApiError(404, code, f"model {info['name']} ({info['architecture']}) cannot answer "
+                    f"{route}: {need}. It serves: "
+                    + (", ".join(f"/v1/{r}" for r in info["routes"]) or "nothing"))
+
+
+def _add_predict_route(v1, service: _Service) -> None:
+    """POST /v1/predict: one prediction per input, as `bertkit predict` answers."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import Request
+
+    task, limits = service.served.task, service.config.limits
     if task == "qa":
         predict_doc = _request_schema({"questions": STRINGS, "contexts": STRINGS},
                                       ["questions", "contexts"],
@@ -401,7 +481,7 @@ def create_app(config: ServeConfig, served=None):
         predict_doc = _request_schema({"texts": STRINGS, "text_pairs": STRINGS}, ["texts"],
                                       {"texts": ["a text to classify"]})
 
-    @v1.post("/predict", summary="predict" if keys.enabled else
+    @v1.post("/predict", summary="predict" if service.keys.enabled else
              f"predict ({task or 'no task head'})",
              openapi_extra=predict_doc,
              description="One prediction per input, in order -- as `bertkit predict` answers: "
@@ -410,28 +490,38 @@ def create_app(config: ServeConfig, served=None):
                          "score}.")
     async def predict(request: Request):
         if task is None:
-            raise unsupported("/v1/predict", "no_task_head",
-                              "it has no task head (fine-tune it with `bertkit finetune`)")
-        data = await read_json_object(request, limits)
-        if task == "qa":
-            check_fields(data, ("questions", "contexts"))
-            questions = text_list(data, "questions", limits)
-            contexts = text_list(data, "contexts", limits)
-            same_length("questions", questions, "contexts", contexts)
-            items = list(zip(questions, contexts))
-        else:
-            check_fields(data, ("texts", "text_pairs"))
-            texts = text_list(data, "texts", limits)
-            pairs = text_list(data, "text_pairs", limits, required=False)
-            items = texts
-            if pairs is not None:
-                if task == "ner":
-                    raise ApiError(422, "invalid_input", "an NER model takes single texts, "
-                                   "not text_pairs")
-                same_length("texts", texts, "text_pairs", pairs)
-                items = list(zip(texts, pairs))
-        results = await call_model(request, ("predict", config.max_batch), items)
+            raise _unsupported(service.info, "/v1/predict", "no_task_head",
+                               "it has no task head (fine-tune it with `bertkit finetune`)")
+        items = _predict_items(await read_json_object(request, limits), task, limits)
+        results = await _call_model(request, service, ("predict", service.config.max_batch), items)
         return _JSON.response({"predictions": results})
+
+
+def _predict_items(data: dict, task: str, limits: Limits) -> list:
+    """The inputs of a /v1/predict body: texts, (text, pair) tuples, or (question, context)."""
+    if task == "qa":
+        check_fields(data, ("questions", "contexts"))
+        questions = text_list(data, "questions", limits)
+        contexts = text_list(data, "contexts", limits)
+        same_length("questions", questions, "contexts", contexts)
+        return list(zip(questions, contexts))
+    check_fields(data, ("texts", "text_pairs"))
+    texts = text_list(data, "texts", limits)
+    pairs = text_list(data, "text_pairs", limits, required=False)
+    if pairs is None:
+        return texts
+    if task == "ner":
+        raise ApiError(422, "invalid_input", "an NER model takes single texts, not text_pairs")
+    same_length("texts", texts, "text_pairs", pairs)
+    return list(zip(texts, pairs))
+
+
+def _add_embed_route(v1, service: _Service) -> None:
+    """POST /v1/embed: sentence embeddings, as `bertkit embed`."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import Request
+
+    served, limits = service.served, service.config.limits
 
     @v1.post("/embed", summary="sentence embeddings",
              openapi_extra=_request_schema({"texts": STRINGS, "normalize": {"type": "boolean"}},
@@ -440,14 +530,23 @@ def create_app(config: ServeConfig, served=None):
                          "(as `bertkit embed`); `normalize` scales them to unit length.")
     async def embed(request: Request):
         if served.encoder is None:
-            raise unsupported("/v1/embed", "no_encoder", f"the {info['runtime']} runtime has "
-                              "no torch encoder (serve with --runtime torch for embeddings)")
+            raise _unsupported(service.info, "/v1/embed", "no_encoder",
+                               f"the {service.info['runtime']} runtime has no torch encoder "
+                               "(serve with --runtime torch for embeddings)")
         data = await read_json_object(request, limits)
         check_fields(data, ("texts", "normalize"))
         texts = text_list(data, "texts", limits)
         normalize = boolean(data, "normalize", False)
-        vectors = await call_model(request, ("embed", normalize, config.max_batch), texts)
-        return _JSON.response({"embeddings": vectors})
+        key = ("embed", normalize, service.config.max_batch)
+        return _JSON.response({"embeddings": await _call_model(request, service, key, texts)})
+
+
+def _add_fill_mask_route(v1, service: _Service) -> None:
+    """POST /v1/fill-mask: the top_k tokens for each [MASK] of each text."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import Request
+
+    served, limits = service.served, service.config.limits
 
     @v1.post("/fill-mask", summary="fill [MASK] tokens",
              openapi_extra=_request_schema({"texts": STRINGS, "top_k": {"type": "integer"}},
@@ -456,8 +555,9 @@ def create_app(config: ServeConfig, served=None):
              description="Per text, per [MASK] in it: the top_k tokens {token, score, sequence}.")
     async def fill_mask(request: Request):
         if not served.has_mlm:
-            raise unsupported("/v1/fill-mask", "no_mlm_head", "it has no masked-language-model "
-                              "head (a folder from `bertkit pretrain` has one)")
+            raise _unsupported(service.info, "/v1/fill-mask", "no_mlm_head",
+                               "it has no masked-language-model head (a folder from "
+                               "`bertkit pretrain` has one)")
         data = await read_json_object(request, limits)
         check_fields(data, ("texts", "top_k"))
         texts = text_list(data, "texts", limits)
@@ -466,16 +566,21 @@ def create_app(config: ServeConfig, served=None):
         for i, text in enumerate(texts):
             if mask not in text:
                 raise ApiError(422, "no_mask_token", f"texts[{i}] has no {mask} token")
-        results = await call_model(request, ("fill-mask", top_k), texts)
+        results = await _call_model(request, service, ("fill-mask", top_k), texts)
         return _JSON.response({"results": results})
 
-    @v1.get("/info", summary="the served model")
-    async def model_info():
-        return _JSON.response(info)
 
-    app.include_router(v1)
+# ---------------------------------------------------------------------------- open routes
 
-    # ---------------------------------------------------------------- open routes
+
+def _add_open_routes(app, service: _Service) -> None:
+    """/healthz, /readyz, /metrics and the / page: no key needed, and with keys they say
+    nothing of the model."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi.responses import HTMLResponse, Response
+
+    info, keys, batcher, metrics = service.info, service.keys, service.batcher, service.metrics
+
     @app.get("/healthz", tags=["ops"], summary="liveness")
     async def healthz():
         return {"status": "ok"}
@@ -483,7 +588,7 @@ def create_app(config: ServeConfig, served=None):
     @app.get("/readyz", tags=["ops"], summary="readiness: the model is loaded and served")
     async def readyz():
         if not batcher.running:
-            return error_response(ApiError(503, "not_ready", "the model worker is not running"))
+            return _error_response(ApiError(503, "not_ready", "the model worker is not running"))
         if keys.enabled:
             return {"status": "ready"}
         return {"status": "ready", "model": info["name"], "task": info["task"]}
@@ -498,12 +603,6 @@ def create_app(config: ServeConfig, served=None):
     @app.get("/", include_in_schema=False)
     async def index():
         return HTMLResponse(page)
-
-    app.add_middleware(_HostMiddleware, names=hosts)  # the last added runs first: the access
-    routes = frozenset(getattr(route, "path", None) for route in [*app.routes, *v1.routes])
-    app.add_middleware(_AccessMiddleware, metrics=metrics, logger=access_log,  # log sees all
-                       routes=routes - {None})
-    return app
 
 
 async def _answer_within_limits(request, batcher: MicroBatcher, served, config: ServeConfig,
@@ -552,7 +651,6 @@ async def _client_gone(request) -> None:
 
 
 def _version() -> str:
-    from bertkit import __version__
     return __version__
 
 
@@ -574,15 +672,12 @@ def app_from_env():
 def _quiet_truncation() -> None:
     # The predictor warns on every call that truncates; a server counts them instead
     # (bertkit_truncated_inputs_total) rather than print a line per request.
-    import warnings
-
-    from bertkit.data.tasks import TruncationWarning
     warnings.filterwarnings("ignore", category=TruncationWarning)
 
 
 def run_server(config: ServeConfig) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish (up to ``graceful_timeout``)."""
-    import uvicorn
+    import uvicorn  # imported only to run a server, not whenever the CLI imports this module
     _quiet_truncation()
     if config.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {config.workers}")

@@ -4,7 +4,7 @@ A folder may be fine-tuned for a task (classification, regression, NER, QA; a fu
 PEFT adapter folder), or a plain encoder / pretraining folder. What it can answer follows:
 
 =================  =======================================================================
-/v1/predict        a task folder (:class:`bertkit.training.finetune.Predictor`)
+/v1/predict        a task folder (:class:`bertkit.tasks.predict.Predictor`)
 /v1/embed          any folder with a torch BERT encoder (mean-pooled last hidden states)
 /v1/fill-mask      a folder saved with an MLM head (BertForPreTraining / BertForMaskedLM)
 =================  =======================================================================
@@ -13,10 +13,20 @@ PEFT adapter folder), or a plain encoder / pretraining folder. What it can answe
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from bertkit.config import BertConfig
+from bertkit.inference import embed, fill_mask, load_for_inference
+from bertkit.modeling.bert import BertForMaskedLM, BertModel
+from bertkit.peft import is_adapter_folder
+from bertkit.serve.batching import length_buckets
+from bertkit.tasks import get_task
+from bertkit.tasks.folder import folder_task
+from bertkit.tasks.predict import load_predictor
 
 MLM_ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM")
 
@@ -37,7 +47,6 @@ class ServedModel:
     @property
     def encoder(self) -> nn.Module | None:
         """The torch BERT encoder (None for an ONNX runtime session)."""
-        from bertkit.modeling.bert import BertModel
         if isinstance(self.model, BertModel):
             return self.model
         encoder = getattr(self.model, "bert", None)
@@ -96,12 +105,10 @@ class ServedModel:
         client closed the connection, or its time ran out) are skipped and get None, so
         abandoned work costs at most the pass already running.
         """
-        from bertkit.serve.batching import length_buckets
         wanted = wanted or (lambda i: True)
         route, *options = key
         lengths, cut = self._lengths(route, items)
         if route == "fill-mask":
-            from bertkit.inference import fill_mask
             top_k, = options
             passes = [[i] for i in range(len(items))]  # fill_mask takes one text a call
         elif route == "predict" and self.task == "qa":  # windows its contexts itself: one call
@@ -120,7 +127,6 @@ class ServedModel:
             elif route == "predict":
                 out = self._predict(chunk, batch_size=options[-1])
             elif route == "embed":
-                from bertkit.inference import embed
                 out = embed(self.encoder, self.tokenizer, chunk, batch_size=options[-1],
                             normalize=options[0]).tolist()  # truncated as `bertkit embed` does
             else:
@@ -146,15 +152,8 @@ class ServedModel:
 def load_served_model(folder: str, runtime: str = "torch",
                       device: str | None = None) -> ServedModel:
     """Load ``folder`` for serving: a task folder (full or PEFT adapter) through
-    :func:`~bertkit.training.finetune.load_predictor`, any other BERT folder as its saved
+    :func:`~bertkit.tasks.predict.load_predictor`, any other BERT folder as its saved
     architecture (encoder, pretraining or MLM model)."""
-    import warnings
-
-    from bertkit.config import BertConfig
-    from bertkit.inference import load_for_inference
-    from bertkit.peft import is_adapter_folder
-    from bertkit.training.finetune import folder_task, load_predictor
-
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if is_adapter_folder(folder):
@@ -171,8 +170,8 @@ def load_served_model(folder: str, runtime: str = "torch",
             warnings.simplefilter("ignore")  # "some weights not used"-style noise at startup
             predictor = load_predictor(folder, device=device, runtime=runtime)
         model, tokenizer = predictor.model, predictor.tokenizer
-        served = ServedModel(folder, model, tokenizer, predictor.task, runtime, predictor,
-                             max_length=int(predictor.settings["bertkit_max_length"]))
+        served = ServedModel(folder, model, tokenizer, predictor.task.name, runtime, predictor,
+                             max_length=predictor.settings.max_length)
     else:
         if runtime != "torch":
             raise ValueError(f"{folder} has no task head; the {runtime} runtime serves task "
@@ -180,15 +179,13 @@ def load_served_model(folder: str, runtime: str = "torch",
         architectures = config.architectures or []
         model_class = None
         if set(MLM_ARCHITECTURES) & set(architectures):
-            from bertkit.modeling.bert import BertForMaskedLM
             model_class = BertForMaskedLM  # the pretraining folder's MLM head, as `fill-mask` does
         model, tokenizer = load_for_inference(folder, model_class, device=device)
         served = ServedModel(folder, model, tokenizer, None, runtime,
                              max_length=min(tokenizer.model_max_length,
                                             config.max_position_embeddings))
     if served.task is not None:  # the head class, whatever runs it (PEFT wrapper, ONNX session)
-        from bertkit.training.finetune import HEADS
-        served.architecture = HEADS[served.task].__name__
+        served.architecture = get_task(served.task).head.__name__
     else:
         served.architecture = (config.architectures or [type(model).__name__])[0]
     served.routes = ((["predict"] if served.task else []) + (["embed"] if served.encoder else [])

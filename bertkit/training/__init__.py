@@ -12,6 +12,7 @@ from bertkit.training.trainer import (
     find_checkpoint,
     param_groups,
     parse_duration,
+    planned_steps,
     resolve_mixed_precision,
     set_seed,
     unwrap_model,
@@ -20,5 +21,5 @@ from bertkit.training.trainer import (
 __all__ = [
     "LRSchedule", "ShardedBatchSampler", "Trainer", "TrainerState", "TrainingConfig",
     "TrainResult", "build_optimizer", "default_save_fn", "find_checkpoint", "param_groups",
-    "parse_duration", "resolve_mixed_precision", "set_seed", "unwrap_model",
+    "parse_duration", "planned_steps", "resolve_mixed_precision", "set_seed", "unwrap_model",
 ]

@@ -54,7 +54,7 @@ class RunLogger:
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            try:
+            try:  # deferred: tensorboard is optional, and slow to import
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # the tensorboard package is optional at run time
                 warnings.warn("tensorboard is not installed: TensorBoard logging is off "
@@ -102,6 +102,7 @@ def plot_curves(history: Iterable[Mapping[str, Any]], path: str) -> str | None:
     if not train and not metric_names:
         return None
 
+    # deferred: matplotlib takes a second to import and only the end of a run draws
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -17,12 +17,14 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 
 from bertkit.config import BertConfig
-from bertkit.data.pretraining import MlmCollator, ShardIndex, build_examples, prepare_corpus
+from bertkit.data.corpus import cache_dir as bertkit_cache_dir
+from bertkit.data.pretraining import (MlmCollator, ShardIndex, build_examples, iter_corpus_text,
+                                      load_corpus, prepare_corpus)
 from bertkit.modeling.bert import IGNORE_INDEX, BertForPreTraining
 from bertkit.tokenizer import Tokenizer
-from bertkit.training.run import run_in_output_folder
-from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, find_checkpoint,
-                                      set_seed, setup_distributed)
+from bertkit.training.run import TrainingPlan, run_in_output_folder, train_to_best
+from bertkit.training.trainer import (TrainingConfig, TrainResult, find_checkpoint, set_seed,
+                                      setup_distributed)
 
 
 @dataclass
@@ -66,8 +68,7 @@ class PretrainResult:
 
 
 def shard_cache_dir(cache_dir: str | None = None) -> str:
-    from bertkit.data.corpus import cache_dir as bertkit_cache
-    return cache_dir or os.path.join(str(bertkit_cache()), "shards")
+    return cache_dir or os.path.join(str(bertkit_cache_dir()), "shards")
 
 
 def most_frequent_token(corpus: ShardIndex, special_ids: list[int], vocab_size: int,
@@ -121,7 +122,6 @@ def _load_or_train_tokenizer(cfg: PretrainConfig, resume_dir: str | None,
         return Tokenizer.from_pretrained(cfg.tokenizer)
     if resume_dir is not None and os.path.isfile(os.path.join(resume_dir, "vocab.txt")):
         return Tokenizer.from_pretrained(resume_dir)  # a resumed run keeps the vocab it began with
-    from bertkit.data.pretraining import iter_corpus_text
     if is_main:
         print(f"training a WordPiece vocab of {cfg.vocab_size} on {len(cfg.corpus)} file(s)")
     return Tokenizer.train(iter_corpus_text(cfg.corpus), vocab_size=cfg.vocab_size,
@@ -182,7 +182,6 @@ def _pretrain_into(cfg: PretrainConfig, training: TrainingConfig, resume_from: s
         dist.broadcast_object_list(path, src=0)
         if not is_main:
             tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or out_dir)
-            from bertkit.data.pretraining import load_corpus
             shards = load_corpus(path[0])
 
     examples = build_examples(shards, cfg.max_seq_length, short_seq_prob=cfg.short_seq_prob,
@@ -212,11 +211,12 @@ def _pretrain_into(cfg: PretrainConfig, training: TrainingConfig, resume_from: s
         model_to_save.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    trainer = Trainer(model, training, train_set, collator, eval_fn=eval_fn, save_fn=save)
-    result = trainer.train(resume_from=resume_from)
+    # Held-out numbers are watched, not used to pick a model: pretraining keeps the last one.
+    plan = TrainingPlan(model, train_set, collator, save, eval_fn=eval_fn, keep_best=False)
+    model, result = train_to_best(plan, training, resume_from)
     metrics = dict(result.metrics)
     if is_main:
-        save(trainer.model, out_dir)
+        save(model, out_dir)
         summary = {"steps": result.steps, "epochs": result.epochs, "stop_reason": result.stop_reason,
                    "elapsed_seconds": result.elapsed, "train_loss": result.train_loss,
                    "heldout": metrics, "pretrain_config": asdict(cfg),

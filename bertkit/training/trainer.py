@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save_model as save_safetensors_model
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -394,6 +395,34 @@ class ShardedBatchSampler:
             yield share[j * b:(j + 1) * b]
 
 
+def step_limit(config: TrainingConfig, batches_per_epoch: int) -> tuple[int | None, str | None]:
+    """The optimizer update at which ``config``'s max_steps or epochs ends a run with
+    ``batches_per_epoch`` micro-batches per epoch (per rank), and which of the two ends it
+    first; (None, None) for a run bounded only by its time budget. The one rule the Trainer
+    stops by and :func:`planned_steps` plans by."""
+    limits = []
+    if config.max_steps is not None:
+        limits.append((config.max_steps, "max_steps"))
+    if config.epochs is not None:
+        limits.append((math.ceil(config.epochs * batches_per_epoch / config.grad_accum_steps),
+                       "epochs"))
+    return min(limits) if limits else (None, None)
+
+
+def planned_steps(num_examples: int, training_config: TrainingConfig, world_size: int = 1) -> int:
+    """Optimizer updates a Trainer run of ``training_config`` on ``num_examples`` examples over
+    ``world_size`` processes will make (:func:`step_limit`): what AdaLoRA takes as
+    ``total_steps``. ValueError for a run bounded only by a time budget (its length is known
+    only once it runs)."""
+    batches = ShardedBatchSampler.num_batches(num_examples, training_config.batch_size,
+                                              world_size, training_config.drop_last)
+    limit, _ = step_limit(training_config, batches)
+    if limit is None:
+        raise ValueError("AdaLoRA needs the planned number of steps: set max_steps or epochs "
+                         "(a run bounded only by time_budget has none)")
+    return limit
+
+
 class _BatchStream:
     """Micro-batches epoch after epoch; ``(epoch, index)`` is always the next batch to read."""
 
@@ -464,8 +493,7 @@ def default_save_fn(model: nn.Module, folder: str) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(folder)
     else:
-        from safetensors.torch import save_model
-        save_model(model, os.path.join(folder, "model.safetensors"))
+        save_safetensors_model(model, os.path.join(folder, "model.safetensors"))
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -844,6 +872,22 @@ def setup_distributed(device: str | None = None) -> tuple[_Dist, torch.device]:
     return _Dist(dist.get_rank(), local_rank, dist.get_world_size()), dev
 
 
+@dataclass
+class _Session:
+    """What one ``Trainer.train`` call tracks besides the checkpointed TrainerState."""
+    stream: _BatchStream
+    bar: tqdm
+    window_loss: torch.Tensor  # summed update losses since the last train log, on the device
+    started: float             # perf_counter() at the session's start
+    elapsed_before: float      # training time of earlier sessions (resume)
+    first_step: int            # the step the session started from
+    window_tokens: int = 0
+    window_start: float = field(default_factory=time.perf_counter)
+    probe_start: float | None = None  # when the step-time measurement for the budget began
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | None = None
+
+
 class Trainer:
     """Trains ``model`` on ``train_dataset``: AdamW, warmup + decay, accumulation, clipping,
     autocast, DDP, evaluation, early stopping, best model, checkpoints and exact resume.
@@ -935,13 +979,7 @@ class Trainer:
     # ------------------------------------------------------------------ limits and plan
     def _step_limit(self) -> tuple[int | None, str | None]:
         """The step count at which max_steps or epochs ends the run, and which of them."""
-        limits = []
-        if self.config.max_steps is not None:
-            limits.append((self.config.max_steps, "max_steps"))
-        if self.config.epochs is not None:
-            limits.append((math.ceil(self.config.epochs * self.batches_per_epoch
-                                     / self.config.grad_accum_steps), "epochs"))
-        return min(limits) if limits else (None, None)
+        return step_limit(self.config, self.batches_per_epoch)
 
     def _plan_for_budget(self, step_time: float) -> None:
         """Fix the schedule's total steps for the time budget from the measured update time.
@@ -1050,6 +1088,30 @@ class Trainer:
         rank 0 draws ``curves.png``, and with ``load_best_at_end`` the best weights are loaded
         and ``best/`` removed (:meth:`_best_at_end`).
         """
+        self._start_session(resume_from)
+        st = self.state
+        session = _Session(
+            stream=_BatchStream(self._make_loader, self.batches_per_epoch, st.epoch,
+                                st.batch_in_epoch),
+            bar=tqdm(total=self.schedule.total_steps or self._step_limit()[0], initial=st.step,
+                     desc="train", unit="step", dynamic_ncols=True,
+                     disable=not (self.dist.is_main and self.config.progress_bar)),
+            window_loss=torch.tensor(st.window_loss, device=self.device),
+            started=time.perf_counter(), elapsed_before=st.elapsed, first_step=st.step)
+        try:
+            stop_reason = self._stop_reason(callback_stop=False)
+            while stop_reason is None:
+                out = self._step_and_follow_up(session)
+                stop_reason = self._stop_reason(callback_stop=out["stop"])
+            self._end_session(session, stop_reason)
+        finally:
+            session.bar.close()
+            if self._logger is not None:
+                self._logger.close()
+        return self._result(session, stop_reason)
+
+    def _start_session(self, resume_from: str | os.PathLike | None) -> None:
+        """Seed, restore the checkpoint (if any), fix a step-bounded schedule, open the logs."""
         cfg = self.config
         set_seed(cfg.seed + self.dist.rank)  # each rank its own dropout and masking stream
         resumed = self._resume(resume_from) if resume_from is not None else None
@@ -1069,81 +1131,80 @@ class Trainer:
                    "world_size": self.dist.world_size, "device": str(self.device),
                    "mixed_precision": self.precision, "batches_per_epoch": self.batches_per_epoch})
 
-        stream = _BatchStream(self._make_loader, self.batches_per_epoch, st.epoch,
-                              st.batch_in_epoch)
-        window_loss = torch.tensor(st.window_loss, device=self.device)
-        window_tokens, window_start = 0, time.perf_counter()
-        session_start, elapsed_before, session_first_step = time.perf_counter(), st.elapsed, st.step
-        probe_start = None
-        last_metrics: dict[str, Any] = {}
-        bar = tqdm(total=self.schedule.total_steps or self._step_limit()[0], initial=st.step,
-                   desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (self.dist.is_main and cfg.progress_bar))
-        checkpoint_dir = None
-        try:
-            stop_reason = self._stop_reason(callback_stop=False)
-            while stop_reason is None:
-                epoch_before = stream.epoch
-                out = self._train_step(stream)
-                st.elapsed = elapsed_before + time.perf_counter() - session_start
-                st.epoch, st.batch_in_epoch = stream.epoch, stream.index
-                st.tokens_seen += out["tokens"]
-                window_loss += out["loss"]
-                window_tokens += out["tokens"]
-                st.window_steps += 1
-                bar.update(1)
+    def _step_and_follow_up(self, session: _Session) -> dict[str, Any]:
+        """One update (:meth:`_train_step`), then what is due after it: counters, the train
+        log, evaluation, a checkpoint, the time-budget plan. Returns the update's summary."""
+        cfg, st, stream = self.config, self.state, session.stream
+        epoch_before = stream.epoch
+        out = self._train_step(stream)
+        st.elapsed = session.elapsed_before + time.perf_counter() - session.started
+        st.epoch, st.batch_in_epoch = stream.epoch, stream.index
+        st.tokens_seen += out["tokens"]
+        session.window_loss += out["loss"]
+        session.window_tokens += out["tokens"]
+        st.window_steps += 1
+        session.bar.update(1)
 
-                if st.step % cfg.log_every == 0:
-                    self._log_train(window_loss, window_tokens, time.perf_counter() - window_start,
-                                    out, bar)
-                    window_loss.zero_()
-                    window_tokens, window_start, st.window_steps = 0, time.perf_counter(), 0
-                epoch_done = stream.epoch > epoch_before
-                if self._can_evaluate and (cfg.eval_every and st.step % cfg.eval_every == 0
-                                           or not cfg.eval_every and epoch_done):
-                    last_metrics = self._evaluate_and_track()
-                if cfg.save_every and st.step % cfg.save_every == 0:
-                    st.window_loss = float(window_loss)
-                    checkpoint_dir = self.save_checkpoint()
+        if st.step % cfg.log_every == 0:
+            self._log_train(session.window_loss, session.window_tokens,
+                            time.perf_counter() - session.window_start, out, session.bar)
+            session.window_loss.zero_()
+            session.window_tokens, session.window_start, st.window_steps = 0, time.perf_counter(), 0
+        epoch_done = stream.epoch > epoch_before
+        if self._can_evaluate and (cfg.eval_every and st.step % cfg.eval_every == 0
+                                   or not cfg.eval_every and epoch_done):
+            session.last_metrics = self._evaluate_and_track()
+        if cfg.save_every and st.step % cfg.save_every == 0:
+            st.window_loss = float(session.window_loss)
+            session.checkpoint_dir = self.save_checkpoint()
+        if cfg.time_budget is not None and self.schedule.total_steps is None:
+            self._measure_step_time(session)
+        return out
 
-                if cfg.time_budget is not None and self.schedule.total_steps is None:
-                    if st.step == session_first_step + 1:
-                        probe_start = time.perf_counter()
-                    elif probe_start is not None and st.step == session_first_step + 1 + PLAN_STEPS:
-                        self._plan_for_budget((time.perf_counter() - probe_start) / PLAN_STEPS)
-                        bar.total = self.schedule.total_steps
-                        bar.refresh()
-                stop_reason = self._stop_reason(callback_stop=out["stop"])
+    def _measure_step_time(self, session: _Session) -> None:
+        """Time PLAN_STEPS updates after the session's first (which pays for warm-up and
+        compilation), then plan the schedule for the budget (:meth:`_plan_for_budget`)."""
+        st = self.state
+        if st.step == session.first_step + 1:
+            session.probe_start = time.perf_counter()
+        elif session.probe_start is not None and st.step == session.first_step + 1 + PLAN_STEPS:
+            self._plan_for_budget((time.perf_counter() - session.probe_start) / PLAN_STEPS)
+            session.bar.total = self.schedule.total_steps
+            session.bar.refresh()
 
-            # A clean end: final evaluation and checkpoint, unless this step already has them.
-            if self._can_evaluate and st.last_eval_step != st.step:
-                last_metrics = self._evaluate_and_track()
-            elif st.last_eval_step == st.step and st.log_history:
-                last_metrics = next((e for e in reversed(st.log_history)
-                                     if e.get("event") == "eval"), {})
-            if st.last_save_step != st.step:
-                st.window_loss = float(window_loss)
-                checkpoint_dir = self.save_checkpoint()
-            elif self.dist.is_main:
-                checkpoint_dir = str(self.out_dir / CHECKPOINTS_DIR / f"step-{st.step}")
-            self._log({"event": "end", "step": st.step, "stop_reason": stop_reason,
-                       "elapsed": st.elapsed})
-            if self.dist.is_main and cfg.plot:
-                plot_curves(st.log_history, str(self.out_dir / CURVES_FILE))
-        finally:
-            bar.close()
-            if self._logger is not None:
-                self._logger.close()
+    def _end_session(self, session: _Session, stop_reason: str) -> None:
+        """A clean end: final evaluation and checkpoint, unless this step already has them;
+        the end event and, on rank 0, the curves."""
+        cfg, st = self.config, self.state
+        if self._can_evaluate and st.last_eval_step != st.step:
+            session.last_metrics = self._evaluate_and_track()
+        elif st.last_eval_step == st.step and st.log_history:
+            session.last_metrics = next((e for e in reversed(st.log_history)
+                                         if e.get("event") == "eval"), {})
+        if st.last_save_step != st.step:
+            st.window_loss = float(session.window_loss)
+            session.checkpoint_dir = self.save_checkpoint()
+        elif self.dist.is_main:
+            session.checkpoint_dir = str(self.out_dir / CHECKPOINTS_DIR / f"step-{st.step}")
+        self._log({"event": "end", "step": st.step, "stop_reason": stop_reason,
+                   "elapsed": st.elapsed})
+        if self.dist.is_main and cfg.plot:
+            plot_curves(st.log_history, str(self.out_dir / CURVES_FILE))
 
+    def _result(self, session: _Session, stop_reason: str) -> TrainResult:
+        """The TrainResult of the session, after the best model is dealt with."""
+        st = self.state
         best_dir = self._best_at_end()
         last_train = next((e["loss"] for e in reversed(st.log_history)
                            if e.get("event") == "train"), None)
-        metrics = {k: v for k, v in last_metrics.items() if k not in ("event", "step", "epoch")}
+        metrics = {k: v for k, v in session.last_metrics.items()
+                   if k not in ("event", "step", "epoch")}
         return TrainResult(
             steps=st.step, epochs=self._epoch_progress(), stop_reason=stop_reason,
             train_loss=last_train, metrics=metrics, best_metric=st.best_metric,
             best_step=st.best_step, best_dir=best_dir,
-            checkpoint_dir=checkpoint_dir, elapsed=st.elapsed, log_history=list(st.log_history))
+            checkpoint_dir=session.checkpoint_dir, elapsed=st.elapsed,
+            log_history=list(st.log_history))
 
     def _best_at_end(self) -> str | None:
         """The best model's folder to report once the loop is over (None when there is none).

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from bertkit.config import replace_bertkit_settings
 from bertkit.jsonfile import read_json_object
 from bertkit.data.parallel import (IGNORE_INDEX, ParallelDataset, ParallelExample,
                                    Seq2SeqCollator, encode_parallel, load_parallel,
@@ -48,9 +49,10 @@ from bertkit.inference import length_sorted_batches
 from bertkit.modeling.seq2seq import (CONFIG_NAME, MODEL_TYPE, SEQ2SEQ_SIZES, Seq2SeqConfig,
                                       TransformerSeq2Seq)
 from bertkit.tokenizer import Tokenizer
-from bertkit.training.run import run_in_output_folder
-from bertkit.training.trainer import (Trainer, TrainingConfig, TrainResult, find_checkpoint,
-                                      set_seed, setup_distributed)
+from bertkit.training.run import (TrainingPlan, plan_settings, run_in_output_folder,
+                                  stopped_line, train_to_best)
+from bertkit.training.trainer import (TrainingConfig, TrainResult, find_checkpoint, set_seed,
+                                      setup_distributed)
 
 TASK = "translation"
 METRICS_FILE = "metrics.json"
@@ -337,7 +339,7 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str],
     Returns ``{"bleu": float in [0, 100], "signature": str (e.g.
     "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"), "bleu_detail": str (n-gram
     precisions, brevity penalty, lengths)}``. ``lowercase`` compares case-insensitively."""
-    import sacrebleu
+    import sacrebleu  # deferred: only evaluation scores BLEU, and the import is slow
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     metric = sacrebleu.BLEU(lowercase=lowercase)
@@ -463,7 +465,6 @@ def run_translation(cfg: TranslationConfig, training: TrainingConfig,
 def _translation_into(cfg: TranslationConfig, training: TrainingConfig,
                       resume_from: str | None, rank_info) -> TranslationResult:
     """The training run of :func:`run_translation`, writing into ``training.out_dir``."""
-    is_main = rank_info.is_main
     kind = _folder_kind(cfg.model) if cfg.model is not None else None
     if cfg.tokenizer is not None and not os.path.isdir(cfg.tokenizer):
         raise FileNotFoundError(f"tokenizer folder {cfg.tokenizer} does not exist")
@@ -478,81 +479,89 @@ def _translation_into(cfg: TranslationConfig, training: TrainingConfig,
     source, target = _tokenizers(cfg, kind, train_examples, resume_dir, out_dir, rank_info)
     set_seed(training.seed)  # the fresh weights are part of the run's seed
     model, origin = _build_model(cfg, kind, source, target)
-    settings = {"bertkit_task": TASK, "bertkit_max_source_length": cfg.max_source_length,
-                "bertkit_max_target_length": cfg.max_target_length,
-                "bertkit_num_beams": cfg.num_beams, "bertkit_length_penalty": cfg.length_penalty}
-    # A continued folder may carry older settings: replace them all.
-    for key in [k for k in model.config.extra if k.startswith("bertkit_")]:
-        del model.config.extra[key]
-    model.config.extra.update(settings)
-
-    def encode(examples: list[ParallelExample]) -> ParallelDataset:
-        return encode_parallel(examples, source, target, cfg.max_source_length,
-                               cfg.max_target_length)
-
-    train_set = encode(train_examples)
-    dev_set = encode(dev_examples) if dev_examples is not None else None
-    test_set = encode(test_examples) if test_examples is not None else None
+    settings = _store_decoding_settings(cfg, model.config)
+    train_set = _encode_split(cfg, train_examples, source, target)
+    dev_set = _encode_split(cfg, dev_examples, source, target)
+    test_set = _encode_split(cfg, test_examples, source, target)
 
     eval_batch_size = training.eval_batch_size or training.batch_size
-    eval_fn = None
-    if dev_set is not None:
-        def eval_fn(m: TransformerSeq2Seq) -> dict:
-            return _split_metrics(m, target, dev_set, settings, eval_batch_size, full=False)
 
-    training = dataclasses.replace(
-        training, metric_for_best=cfg.metric, greater_is_better=cfg.metric == "bleu",
-        patience=cfg.patience if cfg.patience is not None else training.patience,
-        save_best=dev_set is not None, load_best_at_end=dev_set is not None)
+    def eval_fn(m: TransformerSeq2Seq) -> dict:
+        return _split_metrics(m, target, dev_set, settings, eval_batch_size, full=False)
 
     def save(model_to_save: TransformerSeq2Seq, folder: str) -> None:
         model_to_save.save_pretrained(folder)
         save_tokenizers(folder, source, target)
 
-    if is_main:
-        vocab = (f"shared vocabulary of {source.vocab_size}" if source is target else
-                 f"vocabularies of {source.vocab_size} (source) and {target.vocab_size} (target)")
-        sizes = "".join(f", {name} {len(s):,}" for name, s in (("dev", dev_set), ("test", test_set))
-                        if s is not None)
-        print(f"seq2seq model ({origin}): {model.num_parameters():,} parameters, "
-              f"{model.config.encoder_layers}+{model.config.decoder_layers} layers of "
-              f"{model.config.d_model}, {vocab}; train {len(train_set):,}{sizes}; best by dev "
-              f"{cfg.metric} (decoding: {cfg.num_beams} beam(s), length penalty "
-              f"{cfg.length_penalty})")
-    trainer = Trainer(model, training, train_set, Seq2SeqCollator(model.config.pad_token_id),
-                      eval_fn=eval_fn, save_fn=save)
-    result = trainer.train(resume_from=resume_dir)
-    if not is_main:
+    splits = {"train": train_set, "dev": dev_set, "test": test_set}
+    if rank_info.is_main:
+        _print_run_plan(cfg, model, origin, source, target, splits)
+    plan = TrainingPlan(model, train_set, Seq2SeqCollator(model.config.pad_token_id), save,
+                        eval_fn=eval_fn if dev_set is not None else None, metric=cfg.metric,
+                        greater_is_better=cfg.metric == "bleu", patience=cfg.patience)
+    model, result = train_to_best(plan, training, resume_dir)
+    training = plan_settings(plan, training)  # what the run trained with, for metrics.json
+    if not rank_info.is_main:
         return TranslationResult(out_dir, result)
 
-    model = trainer.model.eval()
-    metrics: dict[str, dict] = {}
-    for name, split in (("dev", dev_set), ("test", test_set)):
-        if split is not None:
-            metrics[name] = _split_metrics(model, target, split, settings, eval_batch_size,
-                                           full=True)
+    metrics = {name: _split_metrics(model, target, split, settings, eval_batch_size, full=True)
+               for name, split in (("dev", dev_set), ("test", test_set)) if split is not None}
     save(model, out_dir)
+    _write_summary(out_dir, cfg, training, result, metrics, model, splits)
+    print("\n" + stopped_line(result, cfg.metric))
+    for name, m in metrics.items():
+        print(f"{name}: BLEU {m['bleu']:.2f} (sacrebleu {m['signature']}), loss {m['loss']:.4f}")
+    return TranslationResult(out_dir, result, metrics, model)
+
+
+def _store_decoding_settings(cfg: TranslationConfig, config: Seq2SeqConfig) -> dict[str, Any]:
+    """Write the task and decoding settings into the model config (saved in config.json, read
+    back by translate/evaluate); returns them."""
+    settings = {"bertkit_task": TASK, "bertkit_max_source_length": cfg.max_source_length,
+                "bertkit_max_target_length": cfg.max_target_length,
+                "bertkit_num_beams": cfg.num_beams, "bertkit_length_penalty": cfg.length_penalty}
+    replace_bertkit_settings(config.extra, settings)  # a continued folder may carry older ones
+    return settings
+
+
+def _encode_split(cfg: TranslationConfig, examples: list[ParallelExample] | None,
+                  source: Tokenizer, target: Tokenizer) -> ParallelDataset | None:
+    if examples is None:
+        return None
+    return encode_parallel(examples, source, target, cfg.max_source_length, cfg.max_target_length)
+
+
+def _print_run_plan(cfg: TranslationConfig, model: TransformerSeq2Seq, origin: str,
+                    source: Tokenizer, target: Tokenizer,
+                    splits: dict[str, ParallelDataset | None]) -> None:
+    vocab = (f"shared vocabulary of {source.vocab_size}" if source is target else
+             f"vocabularies of {source.vocab_size} (source) and {target.vocab_size} (target)")
+    sizes = "".join(f", {name} {len(splits[name]):,}" for name in ("dev", "test")
+                    if splits[name] is not None)
+    print(f"seq2seq model ({origin}): {model.num_parameters():,} parameters, "
+          f"{model.config.encoder_layers}+{model.config.decoder_layers} layers of "
+          f"{model.config.d_model}, {vocab}; train {len(splits['train']):,}{sizes}; best by dev "
+          f"{cfg.metric} (decoding: {cfg.num_beams} beam(s), length penalty "
+          f"{cfg.length_penalty})")
+
+
+def _write_summary(out_dir: str, cfg: TranslationConfig, training: TrainingConfig,
+                   result: TrainResult, metrics: dict[str, dict], model: TransformerSeq2Seq,
+                   splits: dict[str, ParallelDataset | None]) -> None:
+    """metrics.json: the final dev/test metrics, the run's numbers and both configs."""
     summary = {
         **metrics,
         "run": {"steps": result.steps, "epochs": result.epochs, "stop_reason": result.stop_reason,
                 "elapsed_seconds": result.elapsed, "train_loss": result.train_loss,
                 "best_metric": cfg.metric, "best_value": result.best_metric,
                 "best_step": result.best_step, "model_parameters": model.num_parameters(),
-                "num_truncated": {name: s.num_truncated for name, s in
-                                  (("train", train_set), ("dev", dev_set), ("test", test_set))
+                "num_truncated": {name: s.num_truncated for name, s in splits.items()
                                   if s is not None}},
         "translation_config": dataclasses.asdict(cfg),
         "training_config": training.to_dict()}
     with open(os.path.join(out_dir, METRICS_FILE), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
         f.write("\n")
-    best = (f"best dev {cfg.metric} {result.best_metric:.4f} at step {result.best_step}"
-            if result.best_step is not None else "no dev evaluation: the last model is kept")
-    print(f"\nstopped after {result.steps} steps ({result.stop_reason}, {result.elapsed:.0f}s); "
-          f"{best}")
-    for name, m in metrics.items():
-        print(f"{name}: BLEU {m['bleu']:.2f} (sacrebleu {m['signature']}), loss {m['loss']:.4f}")
-    return TranslationResult(out_dir, result, metrics, model)
 
 
 # ============================================================================ saved folders

@@ -1,4 +1,4 @@
-"""Evaluation metrics for fine-tuning: classification, regression, NER entities, SQuAD QA.
+"""Evaluation metrics of the tasks: classification, regression, NER entities, SQuAD QA.
 
 Every function takes plain Python sequences (lists of ints / floats / strings) and returns a
 dict of plain Python numbers (and, where a person reads it, a text report), so the result can
@@ -39,6 +39,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
         classes that occur in ``y_true`` or ``y_pred`` (scikit-learn's default), so a class
         absent from a small dev set does not count as a zero.
     """
+    # scikit-learn takes seconds to import: only evaluation pays for it, not prediction.
     from sklearn.metrics import accuracy_score, classification_report, f1_score
 
     y_true = [int(y) for y in y_true]
@@ -138,6 +139,7 @@ def entity_metrics(true_tag_seqs: Sequence[Sequence[str]],
     entities; a fine-tuned model emits them early in training, and conlleval compatibility
     matters more for comparing numbers.) An entity counts only with exact type and boundaries.
     """
+    # seqeval imports scikit-learn (seconds): only evaluation pays for it.
     from seqeval.metrics import classification_report
 
     true_tag_seqs = [list(s) for s in true_tag_seqs]
@@ -164,6 +166,7 @@ def entity_metrics(true_tag_seqs: Sequence[Sequence[str]],
 
 def _count_entities(true_seqs, pred_seqs) -> tuple[int, int, int]:
     """(gold entities, predicted entities, exact matches) using seqeval's own chunker."""
+    # seqeval imports scikit-learn (seconds): only evaluation pays for it.
     from seqeval.metrics.sequence_labeling import get_entities
 
     n_true = n_pred = n_correct = 0
