@@ -34,6 +34,7 @@ from common import minilm_folder  # noqa: E402
 from bertkit import BertForSequenceClassification, Tokenizer  # noqa: E402
 from bertkit.data.tasks import (PaddingCollator, build_label_map, check_labels,  # noqa: E402
                                 encode_classification, load_classification)
+from bertkit.peft import ALL_LINEAR  # noqa: E402
 from bertkit.peft import DEFAULT_LR as PEFT_DEFAULT_LR  # noqa: E402
 from bertkit.peft import apply_peft, on_step, save_adapter  # noqa: E402
 from bertkit.training import Trainer, TrainingConfig  # noqa: E402
@@ -145,7 +146,7 @@ def main() -> None:
                         help="override a method's learning rate, e.g. --lr lora=1e-3")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=float, default=16)
-    parser.add_argument("--lora-targets", default="query,value")
+    parser.add_argument("--lora-targets", default=",".join(ALL_LINEAR))
     parser.add_argument("--adapter-size", type=int, default=64)
     parser.add_argument("--adapter-variant", default="houlsby", choices=("houlsby", "pfeiffer"))
     parser.add_argument("--prefix-length", type=int, default=20)

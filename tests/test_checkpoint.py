@@ -17,6 +17,15 @@ from bertkit.checkpoint import (check_vocab_fits, from_hf_name, hf_state_dict, r
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402 (after the importorskip)
 
+
+@pytest.fixture(autouse=True)
+def padded_encoder(monkeypatch):
+    """These tests compare every position, padding included, with transformers: they run the
+    padded path (BertModel.unpad = False). The default unpadded path is compared at real
+    positions, outputs and gradients, in tests/test_unpad.py."""
+    monkeypatch.setattr(BertModel, "unpad", False)
+
+
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 HEADS = ["BertModel", "BertForPreTraining", "BertForMaskedLM", "BertForSequenceClassification",
          "BertForTokenClassification", "BertForQuestionAnswering"]

@@ -26,6 +26,28 @@ def test_every_command_has_help(capsys):
         assert "usage: bertkit " + command in capsys.readouterr().out
 
 
+def test_every_option_has_help_that_shows_its_default():
+    """Each option of each command has a line of help, and its --help shows the default
+    (argparse's own, or said in the help where it depends on other options)."""
+    import argparse
+
+    from bertkit.cli import build_parser
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"finetune", "pretrain", "serve", "demo"} <= set(commands)
+    for name, parser in commands.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+            if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+                shown = parser._get_formatter()._get_help_string(action) % {
+                    "default": action.default}
+                assert "default" in shown, (name, action.option_strings)
+                assert " ".join(shown.split())[:40] in " ".join(text.split()), (name, shown)
+
+
 def test_finetune_evaluate_predict(tmp_path, capsys):
     files = {name: write_jsonl(tmp_path / f"{name}.jsonl", classification_records(n, seed))
              for name, n, seed in (("train", 320, 0), ("dev", 60, 1), ("test", 60, 2))}
@@ -47,6 +69,14 @@ def test_finetune_evaluate_predict(tmp_path, capsys):
     prediction = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert prediction["label"] in {"pos", "neg", "neutral"}
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    report = tmp_path / "why.html"
+    assert cli(["explain", "--model", str(out), record["text"], "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert prediction["label"] in printed and str(report) in printed
+    assert "<html" in report.read_text().lower()
+    assert cli(["explain", "--model", str(out), record["text"], "--out", str(report)]) == 2
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_translate_command(tmp_path, capsys):
@@ -92,6 +122,11 @@ def test_lora_finetune_predict_and_merge(tmp_path, capsys):
     # The folder holds the adapter and the head, not a second copy of the base.
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     assert not (out / "model.safetensors").exists()
+    # Without --lora-targets: every Linear layer of each block (the measured best), not q/v.
+    # (peft's target_modules are HF leaf names: attention.output, intermediate and output are
+    # all "dense")
+    targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+    assert set(targets) == {"query", "key", "value", "dense"}, targets
     text = classification_records(1, seed=9)[0]["text"]
     assert cli(["predict", "--model", str(out), text]) == 0
     adapter_prediction = json.loads(capsys.readouterr().out.splitlines()[-1])

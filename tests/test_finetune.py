@@ -280,7 +280,8 @@ def test_ner_folder_matches_transformers(ner_run):
     batch = Tokenizer.from_pretrained(folder)(["alice met bob", "the film in paris was great"])
     with torch.no_grad():
         expected, got = hf(**batch).logits, ours(**batch).logits
-    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    real = batch["attention_mask"].bool()  # padding positions: zeros in, unused out (unpadded)
+    assert torch.allclose(got[real], expected[real], atol=1e-5), (got - expected)[real].abs().max()
 
 
 # =========================================================================== QA
@@ -358,8 +359,9 @@ def test_qa_folder_matches_transformers(qa_run):
                                               ["the key red", "a film key green was okay"])
     with torch.no_grad():
         expected, got = hf(**batch), ours(**batch)
+    real = batch["attention_mask"].bool()  # padding positions: zeros in, unused out (unpadded)
     for name in ("start_logits", "end_logits"):
-        assert torch.allclose(getattr(got, name), getattr(expected, name), atol=1e-5)
+        assert torch.allclose(getattr(got, name)[real], getattr(expected, name)[real], atol=1e-5)
 
 
 # =========================================================================== errors

@@ -26,7 +26,7 @@ LAYERS = [
     {"training"},
     {"compress", "explain", "search"},
     {"serve"},
-    {"demo", "cli", "__main__", "__init__"},
+    {"api", "demo", "cli", "__main__", "__init__"},
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 MAX_FUNCTION_LINES = 80

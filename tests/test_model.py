@@ -13,6 +13,15 @@ from bertkit import (BertForMaskedLM, BertForPreTraining, BertForQuestionAnsweri
                      Tokenizer)
 from bertkit.modeling.layers import attention, causal_mask_bias, padding_mask_bias
 
+
+@pytest.fixture(autouse=True)
+def padded_encoder(monkeypatch):
+    """These tests compare every position, padding included, with transformers: they run the
+    padded path (BertModel.unpad = False). The default unpadded path is compared at real
+    positions, outputs and gradients, in tests/test_unpad.py."""
+    monkeypatch.setattr(BertModel, "unpad", False)
+
+
 transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-4  # fp32, 6 layers

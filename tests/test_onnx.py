@@ -16,6 +16,7 @@ from bertkit import (BertConfig, BertForMaskedLM, BertForQuestionAnswering,
                      Tokenizer)
 from bertkit.cli import main
 from bertkit.compress.onnx import export_folder, export_model
+from bertkit.modeling.bert import padded_path
 from bertkit.runtime.onnx import OUTPUTS, OnnxModel
 from bertkit.tasks.evaluate import evaluate_folder
 from bertkit.tasks.predict import predict_folder
@@ -94,7 +95,9 @@ def test_every_head_matches_pytorch_on_unseen_shapes(cls, tmp_path):
         # With labels the loss is computed beside the graph, as the PyTorch head does.
         labels = task_labels(cls, batch)
         if labels:
-            with torch.inference_mode():
+            # the exported graph is the padded path, whose pad logits enter QA's softmax (as
+            # in transformers); the unpadded path's pad logits are the bias alone
+            with torch.inference_mode(), padded_path(model):
                 want_loss = model(**batch, **labels).loss
             assert abs(float(session(**batch, **labels).loss) - float(want_loss)) < 1e-5
 

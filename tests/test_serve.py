@@ -136,7 +136,8 @@ def test_with_keys_the_open_routes_tell_nothing_of_the_model(clf):
                                      {"Authorization": f"Bearer {KEYS[0]}x"}],
                          ids=["none", "wrong", "no-scheme", "basic", "longer"])
 def test_v1_routes_need_a_key(clf, headers):
-    for method, path in (("POST", "/v1/predict"), ("POST", "/v1/embed"), ("GET", "/v1/info")):
+    for method, path in (("POST", "/v1/predict"), ("POST", "/v1/embed"), ("GET", "/v1/info"),
+                         ("POST", "/v1/explain")):
         r = clf.request(method, path, json={"texts": ["hello"]}, headers=headers)
         assert r.status_code == 401, (path, r.text)
         assert r.json()["error"]["code"] == "unauthorized"
@@ -224,6 +225,18 @@ BAD = [  # (route, body: bytes | JSON value, status, code)
     ("/v1/predict", {"texts": ["a " * 2500]}, 413, "body_too_large"),
     ("/v1/embed", {"texts": ["a"], "normalize": "yes"}, 422, "invalid_type"),
     ("/v1/fill-mask", {"texts": ["a [MASK]"]}, 404, "no_mlm_head"),
+    ("/v1/explain", {}, 422, "missing_field"),
+    ("/v1/explain", {"texts": ["a"]}, 422, "unknown_field"),
+    ("/v1/explain", {"text": ["a"]}, 422, "invalid_type"),
+    ("/v1/explain", {"text": " "}, 422, "empty_text"),
+    ("/v1/explain", {"text": "a" * 201}, 413, "text_too_long"),       # --max-chars 200 wins
+    ("/v1/explain", {"text": "a", "text_pair": "b" * 201}, 413, "text_too_long"),
+    ("/v1/explain", {"text": "a", "method": "lime"}, 422, "invalid_input"),
+    ("/v1/explain", {"text": "a", "steps": 0}, 422, "invalid_input"),
+    ("/v1/explain", {"text": "a", "steps": 1025}, 422, "invalid_input"),
+    ("/v1/explain", {"text": "a", "steps": "8"}, 422, "invalid_type"),
+    ("/v1/explain", {"text": "a", "target": "maybe"}, 422, "invalid_input"),
+    ("/v1/explain", b'{"text": "\\ud800 lone"}', 422, "invalid_text"),
     ("/v1/nothing-here", {"texts": ["a"]}, 404, "not_found"),
 ]
 
@@ -729,6 +742,9 @@ def test_serve_config_checks_the_new_limits():
             ({"max_queued_tokens": 1.5}, "max_queued_tokens must be a whole number"),
             ({"request_timeout": 0}, "request_timeout must be a number of seconds above 0"),
             ({"request_timeout": float("nan")}, "request_timeout must be a number"),
+            ({"explain_max_chars": 0}, "explain_max_chars must be a whole number of at least 1"),
+            ({"explain_max_steps": 2.5}, "explain_max_steps must be a whole number"),
+            ({"explain_max_queued": True}, "explain_max_queued must be a whole number"),
             ({"allowed_hosts": ["example.org:8000"]}, "allowed_hosts: 'example.org:8000' is "
                                                       "not a host name"),
             ({"allowed_hosts": ["https://example.org"]}, "allowed_hosts: 'https://example.org' is"),
@@ -738,3 +754,201 @@ def test_serve_config_checks_the_new_limits():
     config = ServeConfig(model="m", allowed_hosts=["Model.Internal", "::1", "*"])
     assert config.allowed_hosts == ["model.internal", "[::1]", "*"]
     assert ServeConfig.from_json(config.to_json()) == config
+
+
+# =========================================================================== /v1/explain (issue 15)
+
+
+def explanation_matches(got: dict, want, sources: tuple[str, str]) -> None:
+    """The served explanation equals the library's, and every word slices its own text."""
+    assert got["method"] == want.method and got["tokens"] == want.tokens
+    assert got["words"] == [{"text": w.text, "start": w.start, "end": w.end,
+                             "segment": w.segment} for w in want.words]
+    for word in got["words"]:
+        assert sources[word["segment"]][word["start"]:word["end"]] == word["text"]
+    assert [a["target"] for a in got["attributions"]] == [a.target for a in want.attributions]
+    for served, library in zip(got["attributions"], want.attributions):
+        assert served["words"] == pytest.approx(library.words, abs=1e-5)
+        assert len(served["words"]) == len(got["words"])
+    assert set(got["attention"]) == {"rollout_to_cls"}  # no (L, T, T) maps over the wire
+    assert len(got["attention"]["rollout_to_cls"]) == len(got["tokens"])
+
+
+@pytest.mark.parametrize("method, options", [("occlusion", {}), ("gradxinput", {}),
+                                             ("attention", {}), ("ig", {"steps": 16}),
+                                             ("ig", {"target": "neg"})])
+def test_explain_answers_the_library_s_attributions(clf, folders, method, options):
+    from bertkit.explain import explain
+    text, pair = "Hello world, the café in Straße", "and naïve, a second text"
+    body = {"text": text, "text_pair": pair, "method": method, **options}
+    r = clf.post("/v1/explain", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = explain(folders["clf"], text, pair, method=method, device="cpu", **options)
+    explanation_matches(got, want, (text, pair))
+    assert {w["segment"] for w in got["words"]} == {0, 1}
+    assert got["prediction"]["label"] == want.prediction["label"]
+    assert got["prediction"]["probabilities"] == pytest.approx(want.prediction["probabilities"],
+                                                               abs=1e-5)
+    if method == "ig":
+        assert got["steps"] == want.steps and (options.get("steps") in (None, got["steps"]))
+    if "target" in options:
+        assert got["attributions"][0]["target"] == "neg"
+
+
+def test_explain_errors_say_what_is_wrong_and_metrics_count_it(clf):
+    before = metric_values(clf.get("/metrics").text)
+    r = clf.post("/v1/explain", json={"text": "hello", "target": "maybe"}, headers=AUTH)
+    assert r.json()["error"]["message"] == ("unknown target label 'maybe'; the model's labels "
+                                            "are neg, neutral, pos")
+    r = clf.post("/v1/explain", json={"text": "a" * 201}, headers=AUTH)
+    assert r.json()["error"]["message"] == "'text' has 201 characters; the limit is 200"
+    r = clf.post("/v1/explain", json={"text": "hello world", "method": "attention"}, headers=AUTH)
+    assert r.status_code == 200
+    after = metric_values(clf.get("/metrics").text)
+    explain_route = dict(route="/v1/explain", method="POST")
+    assert delta(before, after, "bertkit_requests_total", **explain_route, status="422") == 1
+    assert delta(before, after, "bertkit_requests_total", **explain_route, status="413") == 1
+    assert delta(before, after, "bertkit_requests_total", **explain_route, status="200") == 1
+    assert delta(before, after, "bertkit_inputs_total", route="explain") == 1
+    assert delta(before, after, "bertkit_tokens_total", route="explain") == 4  # [CLS] .. [SEP]
+    assert "explain" in clf.get("/v1/info", headers=AUTH).json()["routes"]
+
+
+def test_explain_on_ner_and_on_a_pretraining_folder(servers, folders):
+    from fastapi.testclient import TestClient
+
+    from bertkit.explain import Explainable, explain
+    from bertkit.serve import ServeConfig, create_app
+    text = "Hello world, the café in Straße"
+    with httpx.Client(base_url=servers["ner"].url, timeout=30) as client:
+        r = client.post("/v1/explain", json={"text": text, "method": "occlusion"})
+        assert r.status_code == 200, r.text
+        explanation_matches(r.json(), explain(folders["ner"], text, method="occlusion",
+                                              device="cpu"), (text, ""))
+        r = client.post("/v1/explain", json={"text": text, "text_pair": "b"})
+        assert r.status_code == 422 and "single text" in r.json()["error"]["message"]
+    # (the pretraining server of the fixture is stopped by the SIGTERM test: an app here)
+    with TestClient(create_app(ServeConfig(model=folders["pre"])),
+                    base_url="http://localhost") as client:
+        masked = "hello [MASK] world"
+        r = client.post("/v1/explain", json={"text": masked, "method": "gradxinput"})
+        assert r.status_code == 200, r.text
+        # the reference as the server opens the folder: its MLM head (BertForMaskedLM)
+        mlm = Explainable(folders["pre"], *load_for_inference(folders["pre"], BertForMaskedLM,
+                                                              device="cpu"), "fill-mask")
+        explanation_matches(r.json(), explain(mlm, masked, method="gradxinput"), (masked, ""))
+        r = client.post("/v1/explain", json={"text": "no mask here", "method": "occlusion"})
+        assert r.status_code == 422 and "[MASK]" in r.json()["error"]["message"]
+
+
+def test_explain_without_a_task_head_qa_and_onnx(folders, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from bertkit.compress.onnx import export_folder
+    from bertkit.explain import explain
+    from bertkit.modeling.bert import BertForQuestionAnswering
+    from bertkit.serve import ServeConfig, create_app
+    encoder = make_folder(tmp_path / "enc", BertModel)
+    with TestClient(create_app(ServeConfig(model=encoder)), base_url="http://localhost") as c:
+        r = c.post("/v1/explain", json={"text": "hello world"})
+        assert r.status_code == 422 and r.json()["error"] == {
+            "code": "needs_task_head", "message": "method 'ig' explains a prediction, and model "
+            "enc (BertModel) has no task head: use method 'attention', or fine-tune it first"}
+        r = c.post("/v1/explain", json={"text": "hello world", "method": "attention"})
+        assert r.status_code == 200 and r.json()["kind"] == "encoder"
+    qa = make_folder(tmp_path / "qa", BertForQuestionAnswering, "qa")
+    config = ServeConfig(model=qa, explain_max_chars=40)
+    with TestClient(create_app(config), base_url="http://localhost") as c:
+        question, context = "who wrote it?", "It was written by Ada in the café."
+        r = c.post("/v1/explain", json={"question": question, "context": context,
+                                        "method": "occlusion"})
+        assert r.status_code == 200, r.text
+        explanation_matches(r.json(), explain(qa, question, context, method="occlusion",
+                                              device="cpu"), (question, context))
+        assert [a["target"] for a in r.json()["attributions"]] == ["answer start", "answer end"]
+        r = c.post("/v1/explain", json={"question": question})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "missing_field"
+        r = c.post("/v1/explain", json={"question": question, "context": "a" * 41})
+        assert r.status_code == 413 and "'context' has 41 characters; the limit is 40" \
+            == r.json()["error"]["message"]
+    folder = shutil.copytree(folders["clf"], tmp_path / "clf")
+    export_folder(folder)
+    with TestClient(create_app(ServeConfig(model=str(folder), runtime="onnx")),
+                    base_url="http://localhost") as c:
+        assert "explain" not in c.get("/v1/info").json()["routes"]
+        r = c.post("/v1/explain", json={"text": "hello"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "no_gradients"
+        assert "--runtime torch" in r.json()["error"]["message"]
+
+
+def test_a_long_explanation_leaves_the_server_serving_and_stops_when_abandoned(tmp_path):
+    # hidden 128: IG with 1024 steps on ~300 tokens takes > 10 s on one thread, in passes
+    # of 32 path points (~0.2 s each)
+    folder = make_folder(tmp_path / "slow", BertForSequenceClassification, "classification",
+                         ["a", "b"], hidden_size=128, intermediate_size=512)
+    server = ServerProcess.from_config(tmp_path / "slow.log", model=folder,
+                                       explain_max_queued=1).start()
+    slow = {"text": "hello world " * 150, "steps": 1024}
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/v1/explain", json={"text": "warm up", "steps": 4}).status_code \
+                == 200
+            with ThreadPoolExecutor(1) as pool:
+                abandoned = pool.submit(httpx.post, server.url + "/v1/explain", json=slow,
+                                        timeout=httpx.Timeout(30, read=2.0))
+                time.sleep(0.5)
+                start = time.perf_counter()
+                r = client.post("/v1/predict", json={"texts": ["hello"]})
+                assert r.status_code == 200 and time.perf_counter() - start < 1.0
+                r = client.post("/v1/explain", json={"text": "hello", "method": "attention"})
+                assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+                assert "1 explanations are waiting or running" in r.json()["error"]["message"]
+                assert int(r.headers["retry-after"]) >= 1
+                with pytest.raises(httpx.ReadTimeout):  # still running after 2 s: closed
+                    abandoned.result()
+            gave_up = time.perf_counter()
+            while True:  # the abandoned explanation stops at its next forward pass
+                r = client.post("/v1/explain", json={"text": "hello", "method": "attention"})
+                if r.status_code != 429 or time.perf_counter() - gave_up > 10:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 200 and time.perf_counter() - gave_up < 2.0
+            time.sleep(0.2)
+            after = metric_values(client.get("/metrics").text)
+        assert after[("bertkit_requests_total", (("method", "POST"), ("route", "/v1/explain"),
+                                                 ("status", "499")))] == 1
+    finally:
+        server.stop()
+
+
+def test_explainer_bounds_its_queue_and_stops_abandoned_work(folders):
+    from bertkit.serve.engine import load_served_model
+    from bertkit.serve.explaining import (Abandoned, ExplainQueueFull, ExplainRequest,
+                                          Explainer)
+    explainer = Explainer(load_served_model(folders["clf"], device="cpu"), max_queued=2)
+
+    async def main():
+        explainer.start()
+        try:
+            first = explainer.submit(ExplainRequest("hello world", None, None, "ig", 64))
+            dropped = ExplainRequest("hello", None, None, "occlusion", 1, dropped=True)
+            second = explainer.submit(dropped)
+            with pytest.raises(ExplainQueueFull, match="2 explanations are waiting or running, "
+                                                       "the limit is 2"):
+                explainer.submit(ExplainRequest("x", None, None, "attention", 1))
+            assert (await first).attributions[0].steps == 64
+            with pytest.raises(Abandoned):
+                await second
+            third = await explainer.submit(ExplainRequest("x", None, None, "attention", 1))
+            return third.method
+        finally:
+            explainer.stop()
+
+    assert asyncio.run(main()) == "attention"
+    with pytest.raises(RuntimeError, match="shutting down"):
+        explainer.submit(ExplainRequest("x", None, None, "attention", 1))

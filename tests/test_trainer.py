@@ -24,7 +24,8 @@ from torch import nn
 from bertkit.training import (LRSchedule, ShardedBatchSampler, Trainer, TrainingConfig,
                               find_checkpoint, param_groups, parse_duration,
                               resolve_mixed_precision, unwrap_model)
-from bertkit.training.trainer import PLAN_STEPS, STATE_FILE, planned_steps
+from bertkit.data import PaddingCollator
+from bertkit.training.trainer import PLAN_STEPS, STATE_FILE, EvalPrediction, planned_steps
 
 VOCAB, T = 32, 6
 
@@ -458,6 +459,98 @@ def test_default_eval_loss_is_the_example_weighted_mean(tmp_path):
     with torch.no_grad():
         expected = model(**collate(eval_data)).loss  # one batch of all 10, dropout off
     assert metrics["eval_loss"] == pytest.approx(float(expected), abs=1e-6)
+
+
+class TinyTagger(nn.Module):
+    """Per-token logits (B, T, C); a cross-entropy loss when ``labels`` (B, T) are given."""
+
+    def __init__(self, classes: int = 3, dim: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        logits = self.head(self.emb(input_ids))                  # (B, T, C)
+        loss = None if labels is None else F.cross_entropy(logits.transpose(1, 2), labels)
+        return TinyOutput(loss, logits)
+
+
+def tagged_items(lengths: list[int], labelled: bool = True) -> list[dict]:
+    g = torch.Generator().manual_seed(7)
+    items = []
+    for n in lengths:
+        ids = torch.randint(1, VOCAB, (n,), generator=g).tolist()
+        items.append({"input_ids": ids, **({"labels": [i % 3 for i in ids]} if labelled else {})})
+    return items
+
+
+def test_compute_metrics_sees_the_logits_and_labels_of_the_eval_dataset(tmp_path):
+    torch.manual_seed(0)
+    model = TinyClassifier(dropout=0.5)
+    eval_data = make_data(10, seed=3)
+    seen = []
+
+    def accuracy(prediction: EvalPrediction) -> dict:
+        logits, labels = prediction  # unpacks like transformers' EvalPrediction
+        seen.append(prediction)
+        return {"accuracy": float((logits.argmax(-1) == labels).mean())}
+
+    trainer = Trainer(model, config(tmp_path, max_steps=1, eval_batch_size=4), make_data(8),
+                      collate, eval_dataset=eval_data, compute_metrics=accuracy)
+    metrics = trainer.evaluate()  # batches of 4, 4, 2
+    model.eval()
+    with torch.no_grad():
+        expected = model(**collate(eval_data))  # one batch of all 10, dropout off
+    labels = np.array([e["label"] for e in eval_data])
+    np.testing.assert_allclose(seen[0].predictions, expected.logits.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(seen[0].label_ids, labels)
+    assert metrics == pytest.approx({
+        "eval_loss": float(expected.loss),
+        "accuracy": float((expected.logits.argmax(-1).numpy() == labels).mean())}, abs=1e-6)
+
+
+def test_compute_metrics_selects_the_best_checkpoint(tmp_path):
+    def accuracy(p):
+        return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+
+    cfg = config(tmp_path, epochs=3, metric_for_best="accuracy", load_best_at_end=True)
+    result = Trainer(TinyClassifier(), cfg, make_data(16), collate, eval_dataset=make_data(8, 1),
+                     compute_metrics=accuracy).train()
+    evals = train_events(result.log_history, "eval")
+    assert len(evals) == 3 and all(set(e) >= {"accuracy", "eval_loss"} for e in evals)
+    assert result.best_metric == max(e["accuracy"] for e in evals)
+
+
+def test_predict_pads_sequence_outputs_across_batches(tmp_path):
+    torch.manual_seed(0)
+    model = TinyTagger()
+    lengths = [3, 7, 2, 5, 4]
+    items = tagged_items(lengths)
+    trainer = Trainer(model, config(tmp_path, max_steps=1, eval_batch_size=2), items,
+                      PaddingCollator(), compute_metrics=lambda p: {"n": len(p.label_ids)})
+    out = trainer.predict(items)  # batches of widths 7, 5, 4
+    assert out.predictions.shape == (5, 7, 3) and out.label_ids.shape == (5, 7)
+    for i, (item, n) in enumerate(zip(items, lengths)):
+        with torch.no_grad():
+            alone = model(torch.tensor([item["input_ids"]]), torch.ones(1, n, dtype=torch.long))
+        np.testing.assert_allclose(out.predictions[i, :n], alone.logits[0].numpy(), atol=1e-6)
+        assert out.label_ids[i, :n].tolist() == item["labels"]
+        assert (out.label_ids[i, n:] == -100).all()
+    assert (out.predictions[2, 5:] == -100).all()  # item 2's batch (items 2, 3) is 5 wide
+    assert set(out.metrics) == {"eval_loss", "n"} and out.metrics["n"] == 5
+    assert trainer.evaluate(items) == pytest.approx(out.metrics)  # a dataset given to evaluate
+
+    unlabelled = trainer.predict(tagged_items(lengths, labelled=False))
+    np.testing.assert_array_equal(unlabelled.predictions, out.predictions)
+    assert unlabelled.label_ids is None and unlabelled.metrics == {}
+
+
+def test_compute_metrics_must_return_a_dict(tmp_path):
+    trainer = Trainer(TinyClassifier(), config(tmp_path, max_steps=1), make_data(8), collate,
+                      eval_dataset=make_data(4), compute_metrics=lambda p: 0.5)
+    with pytest.raises(ValueError, match="^compute_metrics must return a dict of metrics, "
+                                         "got float$"):
+        trainer.evaluate()
 
 
 def test_evaluation_draws_fixed_random_numbers_and_restores_the_generators(tmp_path):

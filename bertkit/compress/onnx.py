@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from bertkit.config import BertConfig
-from bertkit.modeling.bert import HEAD_CLASSES
+from bertkit.modeling.bert import HEAD_CLASSES, padded_path
 from bertkit.outputs import check_output_file
 from bertkit.peft import is_adapter_folder
 # The file contract and the onnxruntime model live in bertkit.runtime (running a model must not
@@ -175,7 +175,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT
     # Same folder, so the final rename is atomic; the pid keeps two exports apart.
     partial = f"{path}.partial-{os.getpid()}"
     try:
-        with _quiet_exporter():
+        # The padded path: the unpadded one's shapes depend on the data and cannot be traced.
+        with _quiet_exporter(), padded_path(model):
             program = torch.onnx.export(wrapper, tuple(dummy[n] for n in INPUT_NAMES), dynamo=True,
                                         input_names=list(INPUT_NAMES), output_names=list(names),
                                         dynamic_shapes=dynamic, opset_version=opset,
@@ -215,7 +216,8 @@ def _max_abs_diff(wrapper: _Exportable, path: str, config: BertConfig, device) -
     session = OnnxModel(path, config)
     worst = 0.0
     for probe in _probe_batches(config, device):
-        expected = wrapper(**probe)
+        with padded_path(wrapper):  # the path the graph was traced on
+            expected = wrapper(**probe)
         got = session.run_arrays({k: v.cpu().numpy() for k, v in probe.items()})
         real = probe["attention_mask"].cpu().numpy().astype(bool)            # (B, T)
         for want, have in zip(expected, got):

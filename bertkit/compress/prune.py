@@ -79,10 +79,10 @@ def head_importance(model: nn.Module, dataset, collator, batch_size: int = 16) -
 
     def gate_hook(gate: torch.Tensor, head_dim: int):
         def hook(module: nn.Module, args: tuple) -> tuple:
-            context = args[0]                                                 # (B, T, N*D)
-            batch, length, _ = context.shape
-            heads = context.view(batch, length, -1, head_dim)                 # (B, T, N, D)
-            return ((heads * gate[:, None]).view(batch, length, -1),)        # (B, T, N*D)
+            # (B, T, N*D) on the padded path, (real tokens, N*D) on the unpadded one
+            context = args[0]                                                 # (..., N*D)
+            heads = context.view(*context.shape[:-1], -1, head_dim)           # (..., N, D)
+            return ((heads * gate[:, None]).view(context.shape),)             # (..., N*D)
         return hook
 
     handles = [layer.attention_output.register_forward_pre_hook(

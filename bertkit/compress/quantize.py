@@ -48,6 +48,7 @@ from bertkit.data.tasks import PaddingCollator
 from bertkit.inference import load_for_inference
 # The int8 modules live with the model code (bertkit.modeling.int8: the loader builds them);
 # this module is the tool that chooses what to quantize and measures it.
+from bertkit.modeling.bert import padded_path
 from bertkit.modeling.int8 import (QUANT_METHOD, is_quantized, quantizable_modules, set_module,
                                    to_int8)
 from bertkit.outputs import check_output_folder, output_folder
@@ -143,15 +144,21 @@ def _encoder_parts(model: nn.Module) -> tuple[str, list[str]]:
     return prefix + "embeddings", [f"{prefix}encoder.layers.{i}" for i in range(layers)]
 
 
-@torch.inference_mode()
 def layer_errors(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """Quantize each Linear and Embedding of ``model`` alone and measure the relative error of
     the model's output on ``batch``: {bertkit module name: error}. The model is left as it was.
 
     Quantizing a layer of encoder layer i changes nothing before it, so the fp32 outputs of the
     embeddings and of layers 0..i-1 are recorded once and replayed: each measurement computes
-    only from layer i on (half a forward on average; the head's layers almost nothing).
+    only from layer i on (half a forward on average; the head's layers almost nothing). The
+    replay needs each stage to be one module call, so this runs the padded path.
     """
+    with padded_path(model):
+        return _replayed_layer_errors(model, batch)
+
+
+@torch.inference_mode()
+def _replayed_layer_errors(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
     model.eval()
     mask = batch["attention_mask"]
     embeddings, layers = _encoder_parts(model)

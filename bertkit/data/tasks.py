@@ -9,6 +9,11 @@ Each task has the same three steps:
    predictions back to words / character spans);
 3. :class:`PaddingCollator` pads a list of those dicts into a batch of tensors.
 
+Data already in memory takes the same checks: ``classification_records``, ``ner_records`` and
+``qa_records`` build the examples from lists of dicts (errors name ``source:N``, the N-th
+record), and ``write_classification`` / ``write_conll`` / ``write_squad`` write examples as the
+files the loaders read back.
+
 File formats:
 
 - classification / regression: ``.csv`` or ``.tsv`` with a header row, or ``.jsonl`` (one JSON
@@ -29,6 +34,7 @@ Over-long inputs are truncated, never dropped; the encoders emit one :class:`Tru
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -407,6 +413,11 @@ def _encode_truncating(tokenizer, texts, text_pairs, max_length, **kwargs):
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
+def _check_tag(tag: Any, path: str, line: int) -> None:
+    if not isinstance(tag, str) or not _TAG.match(tag):
+        raise ValueError(f"{path}:{line}: tag {tag!r} is not O, B-TYPE or I-TYPE (BIO/IOB2 tags)")
+
+
 @dataclass
 class NerSentence:
     """One CoNLL sentence: words, their tags, and the 1-based file line of each word."""
@@ -456,9 +467,7 @@ def load_conll(path: str | os.PathLike) -> list[NerSentence]:
                 raise ValueError(f"{path}:{line_no}: expected a token and a tag separated by "
                                  f"whitespace, found one column: {line.strip()!r}")
             tag = columns[-1]
-            if not _TAG.match(tag):
-                raise ValueError(f"{path}:{line_no}: tag {tag!r} is not O, B-TYPE or I-TYPE "
-                                 "(BIO/IOB2 tags)")
+            _check_tag(tag, path, line_no)
             tokens.append(columns[0])
             tags.append(tag)
             lines.append(line_no)
@@ -657,49 +666,54 @@ def load_squad(path: str | os.PathLike) -> list[QaExample]:
                 from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise ValueError(f"{path}: not SQuAD JSON: expected an object with a 'data' list")
-
-    def need(obj, key, kind, where):
-        if not isinstance(obj, dict) or key not in obj:
-            found = _fields_found(obj) if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path}: {where} has no {key!r} (found: {found})")
-        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-            kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise ValueError(f"{path}: {where}.{key} must be a {kinds}, found "
-                             f"{type(obj[key]).__name__}")
-        return obj[key]
-
     examples, seen = [], set()
     for a, article in enumerate(doc["data"]):
-        for p, para in enumerate(need(article, "paragraphs", list, f"data[{a}]")):
+        for p, para in enumerate(_need(article, "paragraphs", list, f"data[{a}]", path)):
             where_p = f"data[{a}].paragraphs[{p}]"
-            context = need(para, "context", str, where_p)
-            for q, qa in enumerate(need(para, "qas", list, where_p)):
-                where = f"{where_p}.qas[{q}]"
-                qid = str(need(qa, "id", (str, int), where))
-                where = f"{where} (id {qid})"
-                if qid in seen:
-                    raise ValueError(f"{path}: question id {qid!r} appears more than once")
-                seen.add(qid)
-                question = need(qa, "question", str, where)
-                impossible = bool(qa.get("is_impossible", False))
-                answers = [] if impossible else need(qa, "answers", list, where)
-                if not impossible and not answers:
-                    raise ValueError(f"{path}: question {qid} has no answers and is not marked "
-                                     "is_impossible")
-                checked = []
-                for k, ans in enumerate(answers):
-                    text = need(ans, "text", str, f"{where}.answers[{k}]")
-                    start = need(ans, "answer_start", int, f"{where}.answers[{k}]")
-                    found = context[start:start + len(text)]
-                    if found != text or start < 0:
-                        raise ValueError(f"{path}: question {qid}: answer {text!r} is not at "
-                                         f"answer_start {start}; the context there reads "
-                                         f"{found!r}")
-                    checked.append({"text": text, "answer_start": start})
-                examples.append(QaExample(qid, question, context, checked, impossible))
+            context = _need(para, "context", str, where_p, path)
+            for q, qa in enumerate(_need(para, "qas", list, where_p, path)):
+                examples.append(_squad_question(qa, context, f"{where_p}.qas[{q}]", path, seen))
     if not examples:
         raise ValueError(f"{path} holds no questions")
     return examples
+
+
+def _need(obj: Any, key: str, kind: type | tuple[type, ...], where: str, path: str) -> Any:
+    """``obj[key]``, checked to exist and be of ``kind``; else a ValueError naming both."""
+    if not isinstance(obj, dict) or key not in obj:
+        found = _fields_found(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path}: {where} has no {key!r} (found: {found})")
+    if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(f"{path}: {where}.{key} must be a {kinds}, found "
+                         f"{type(obj[key]).__name__}")
+    return obj[key]
+
+
+def _squad_question(qa: Any, context: str, where: str, path: str, seen: set[str]) -> QaExample:
+    """One SQuAD question of ``context`` (``qa``: id, question, answers, is_impossible),
+    checked: answers found at their ``answer_start``, ids not in ``seen`` (then added)."""
+    qid = str(_need(qa, "id", (str, int), where, path))
+    where = f"{where} (id {qid})"
+    if qid in seen:
+        raise ValueError(f"{path}: question id {qid!r} appears more than once")
+    seen.add(qid)
+    question = _need(qa, "question", str, where, path)
+    impossible = bool(qa.get("is_impossible", False))
+    answers = [] if impossible else _need(qa, "answers", list, where, path)
+    if not impossible and not answers:
+        raise ValueError(f"{path}: question {qid} has no answers and is not marked "
+                         "is_impossible")
+    checked = []
+    for k, ans in enumerate(answers):
+        text = _need(ans, "text", str, f"{where}.answers[{k}]", path)
+        start = _need(ans, "answer_start", int, f"{where}.answers[{k}]", path)
+        found = context[start:start + len(text)]
+        if found != text or start < 0:
+            raise ValueError(f"{path}: question {qid}: answer {text!r} is not at "
+                             f"answer_start {start}; the context there reads {found!r}")
+        checked.append({"text": text, "answer_start": start})
+    return QaExample(qid, question, context, checked, impossible)
 
 
 def qa_gold(examples: Sequence[QaExample]) -> dict[str, list[str]]:
@@ -861,3 +875,116 @@ def _rows(logits) -> list[np.ndarray]:
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
     return [np.asarray(row, dtype=np.float64) for row in logits]
+
+
+# =========================================================================== in-memory records
+# The same examples as the files give, from Python lists: each record is checked by the code
+# that checks a file's line, and an error names ``source:N`` (N: the record's position, from 1).
+# The writers do the reverse: examples -> a file the loader reads back to the same examples.
+
+
+def _numbered_records(records: Any, source: str, example_type: type) -> list[tuple[int, dict]]:
+    """(position from 1, record as a dict) of a non-empty list of dicts or ``example_type``
+    objects (turned into the dicts of their fields)."""
+    if isinstance(records, (str, bytes, os.PathLike, Mapping)) or not isinstance(records,
+                                                                                 Iterable):
+        raise ValueError(f"{source}: expected a list of records (dicts), got "
+                         f"{type(records).__name__}")
+    numbered = []
+    for n, record in enumerate(records, start=1):
+        if isinstance(record, example_type):
+            record = dataclasses.asdict(record)
+        if not isinstance(record, Mapping):
+            raise ValueError(f"{source}:{n}: a record must be a dict, got "
+                             f"{type(record).__name__} {record!r:.40}")
+        numbered.append((n, dict(record)))
+    if not numbered:
+        raise ValueError(f"{source} holds no examples")
+    return numbered
+
+
+def classification_records(records: Sequence[Mapping | ClassificationExample],
+                           source: str = "records", regression: bool = False,
+                           require_label: bool = True) -> list[ClassificationExample]:
+    """Classification / regression examples from records with a file's columns (``text`` +
+    optional ``text_pair`` or a GLUE naming; ``label``) or :class:`ClassificationExample`
+    objects, checked as :func:`load_classification` checks a file's rows."""
+    examples = []
+    for n, record in _numbered_records(records, source, ClassificationExample):
+        text, text_pair = _record_texts(record, source, n)
+        label = _record_label(record, source, n, regression, require_label)
+        examples.append(ClassificationExample(text, text_pair, label, n))
+    return examples
+
+
+def ner_records(records: Sequence[Mapping | NerSentence],
+                source: str = "records") -> list[NerSentence]:
+    """NER sentences from records ``{"tokens": [words], "tags": [BIO tags]}`` or
+    :class:`NerSentence` objects, checked as :func:`load_conll` checks a file: a word is one
+    whitespace-free token (one CoNLL line), a tag ``O``, ``B-TYPE`` or ``I-TYPE``."""
+    sentences = []
+    for n, record in _numbered_records(records, source, NerSentence):
+        tokens, tags = record.get("tokens"), record.get("tags")
+        for name, values in (("tokens", tokens), ("tags", tags)):
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"{source}:{n}: {name!r} must be a non-empty list "
+                                 f"(fields found: {_fields_found(record)})")
+        if len(tokens) != len(tags):
+            raise ValueError(f"{source}:{n}: {len(tokens)} tokens but {len(tags)} tags")
+        for token, tag in zip(tokens, tags):
+            if not isinstance(token, str) or token.split() != [token]:
+                raise ValueError(f"{source}:{n}: token {token!r} must be one word without "
+                                 "whitespace")
+            _check_tag(tag, source, n)
+        sentences.append(NerSentence(list(tokens), list(tags), [n] * len(tokens)))
+    return sentences
+
+
+def qa_records(records: Sequence[Mapping | QaExample], source: str = "records") -> list[QaExample]:
+    """QA examples from records with one SQuAD question's fields (``question``, ``context``,
+    ``answers`` as ``[{"text", "answer_start"}]``, optional ``id`` (default: the record's
+    position) and ``is_impossible``) or :class:`QaExample` objects, checked as
+    :func:`load_squad` checks a file. ``answers`` may also be the Hugging Face datasets columns
+    ``{"text": [...], "answer_start": [...]}``, where no answer means "no answer" (SQuAD 2.0)."""
+    examples, seen = [], set()
+    for n, record in _numbered_records(records, source, QaExample):
+        record.setdefault("id", str(n))
+        answers = record.get("answers")
+        if isinstance(answers, Mapping) and set(answers) == {"text", "answer_start"} \
+                and all(isinstance(v, (list, tuple)) for v in answers.values()) \
+                and len(answers["text"]) == len(answers["answer_start"]):
+            record["answers"] = [{"text": t, "answer_start": s}
+                                 for t, s in zip(answers["text"], answers["answer_start"])]
+            record.setdefault("is_impossible", not record["answers"])
+        where = f"record {n}"
+        context = _need(record, "context", str, where, source)
+        examples.append(_squad_question(record, context, where, source, seen))
+    return examples
+
+
+def write_classification(examples: Sequence[ClassificationExample], path: str) -> None:
+    """Write examples as the ``.jsonl`` file :func:`load_classification` reads back."""
+    with open(path, "w", encoding="utf-8") as f:
+        for ex in examples:
+            record = {"text": ex.text, "text_pair": ex.text_pair, "label": ex.label}
+            f.write(json.dumps({k: v for k, v in record.items() if v is not None},
+                               ensure_ascii=False) + "\n")
+
+
+def write_conll(sentences: Sequence[NerSentence], path: str) -> None:
+    """Write sentences as the CoNLL file :func:`load_conll` reads back (word TAB tag)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for sentence in sentences:
+            f.writelines(f"{token}\t{tag}\n" for token, tag in zip(sentence.tokens, sentence.tags))
+            f.write("\n")
+
+
+def write_squad(examples: Sequence[QaExample], path: str) -> None:
+    """Write examples as the SQuAD JSON :func:`load_squad` reads back (one paragraph each)."""
+    paragraphs = [{"context": ex.context,
+                   "qas": [{"id": ex.id, "question": ex.question, "answers": ex.answers,
+                            "is_impossible": ex.is_impossible}]} for ex in examples]
+    version = "v2.0" if any(ex.is_impossible for ex in examples) else "1.1"
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"version": version, "data": [{"title": "records", "paragraphs": paragraphs}]},
+                  f, ensure_ascii=False)

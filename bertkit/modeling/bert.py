@@ -10,7 +10,9 @@ Every class loads and saves Hugging Face folders through :class:`BertPreTrainedM
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +22,8 @@ from torch import nn
 
 from bertkit.checkpoint import load_model, save_model
 from bertkit.config import BertConfig
-from bertkit.modeling.layers import (ACTIVATIONS, BertEmbeddings, EncoderLayer,
-                                     init_transformer_weights, padding_mask_bias)
+from bertkit.modeling.layers import (ACTIVATIONS, BertEmbeddings, EncoderLayer, PackedBatch,
+                                     init_transformer_weights, pack_batch, padding_mask_bias)
 
 # The label value every loss in bertkit skips (padding, special tokens, non-first sub-tokens,
 # unmasked positions): torch's cross_entropy default, and what transformers' collators write.
@@ -123,11 +125,15 @@ class BertEncoder(nn.Module):
                                     for i in range(config.num_hidden_layers))
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool,
-                output_hidden_states: bool) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+                output_hidden_states: bool, packed: PackedBatch | None = None,
+                ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """hidden (B, T, H), or (N, H) real tokens with ``packed`` -> the last layer's output,
+        every layer's (if asked, embeddings first), every layer's attention probabilities (if
+        asked; never with ``packed``)."""
         all_hidden = [hidden] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         for layer in self.layers:
-            hidden, probs = layer(hidden, bias, need_weights=output_attentions)   # (B, T, H)
+            hidden, probs = layer(hidden, bias, output_attentions, packed)  # (B, T, H) or (N, H)
             if output_hidden_states:
                 all_hidden.append(hidden)
             if output_attentions:
@@ -153,7 +159,26 @@ class BertModel(BertPreTrainedModel):
     ``forward(input_ids (B, T), attention_mask (B, T) 1=real 0=pad, token_type_ids (B, T))``
     returns a :class:`BertOutput` with ``last_hidden_state`` (B, T, H) and ``pooler_output``
     (B, H), plus every layer's output and attention probabilities when asked.
+
+    **Unpadded path** (the default for a batch with padding, in training and inference): the
+    N real tokens are packed into one (N, H) tensor right after the embeddings, every layer
+    works on them alone (attention per group of similar-length sequences, see
+    :func:`bertkit.modeling.layers.pack_batch`), and the result is put back on the (B, T) grid
+    at the end. **Padding positions of ``last_hidden_state`` (and of ``hidden_states``) are
+    then zeros**, where the padded path holds vectors nothing should read; real positions are
+    the same within float rounding. Every head reads real positions only, except the QA loss
+    (transformers' rule: a softmax over all T positions, padding included), which therefore
+    differs slightly between the paths on a padded batch, and the pooled vector of a row whose
+    position 0 is padding (no real token, or left padding): tanh(dense(0)) here.
+
+    The padded path runs when the batch has no padding (nothing to pack), with
+    ``output_attentions=True`` (the (B, N, T, T) maps), under torch.export / tracing, and when
+    the switch ``unpad`` (a module attribute, True by default) is False: set it with
+    ``model.bert.unpad = False`` or, for a block of code, ``with padded_path(model):``. The ONNX
+    export uses it: the packed layout's shapes depend on the data and cannot be traced.
     """
+
+    unpad: bool = True  # the class default; an instance's own value (padded_path) overrides it
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
@@ -168,6 +193,10 @@ class BertModel(BertPreTrainedModel):
                 output_hidden_states: bool = False) -> BertOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if (self.unpad and attention_mask is not None and not output_attentions
+                and not _exporting() and not bool(attention_mask.all())):
+            return self._unpadded_forward(input_ids, attention_mask, token_type_ids,
+                                          output_hidden_states)
         hidden = self.embeddings(input_ids, token_type_ids)                   # (B, T, H)
         # No padding -> no mask at all, which lets SDPA take its fastest kernel. An export
         # (ONNX) keeps the mask always: the graph must serve padded batches too, and the
@@ -179,6 +208,34 @@ class BertModel(BertPreTrainedModel):
             hidden, bias, output_attentions, output_hidden_states)
         pooled = self.pooler(hidden) if self.pooler is not None else None    # (B, H)
         return BertOutput(hidden, pooled, all_hidden, all_attentions)
+
+    def _unpadded_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          token_type_ids: torch.Tensor | None,
+                          output_hidden_states: bool) -> BertOutput:
+        """The same outputs, computed on the real tokens only (zeros at padding positions)."""
+        packed = pack_batch(attention_mask, self.embeddings.LayerNorm.weight.dtype)
+        hidden = self.embeddings(input_ids, token_type_ids, packed)          # (N, H)
+        hidden, all_hidden, _ = self.encoder(hidden, None, False, output_hidden_states, packed)
+        hidden = packed.unpack(hidden)                                        # (B, T, H)
+        if all_hidden is not None:
+            all_hidden = tuple(packed.unpack(h) for h in all_hidden)          # L + 1 of (B, T, H)
+        pooled = self.pooler(hidden) if self.pooler is not None else None    # (B, H)
+        return BertOutput(hidden, pooled, all_hidden, None)
+
+
+@contextlib.contextmanager
+def padded_path(model: nn.Module) -> Iterator[nn.Module]:
+    """Run every :class:`BertModel` inside ``model`` on the padded path for the block (sets
+    ``unpad = False``, restores each one's own value afterwards); yields ``model``."""
+    encoders = [m for m in model.modules() if isinstance(m, BertModel)]
+    saved = [m.unpad for m in encoders]
+    for m in encoders:
+        m.unpad = False
+    try:
+        yield model
+    finally:
+        for m, value in zip(encoders, saved):
+            m.unpad = value
 
 
 # ---------------------------------------------------------------------------- heads
@@ -312,7 +369,21 @@ def question_answering_loss(start_logits: torch.Tensor, end_logits: torch.Tensor
             + F.cross_entropy(end_logits, end, ignore_index=length)) / 2
 
 
-class BertForSequenceClassification(BertPreTrainedModel):
+class _EncoderWithClassifier(BertPreTrainedModel):
+    """The encoder, dropout and one Linear to ``num_labels``: what the sequence and the token
+    classification heads share (HF names ``bert.*``, ``classifier.*``)."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool):
+        super().__init__()
+        self.config = config
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=add_pooling_layer)
+        self.dropout = _classifier_dropout(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.init_weights()
+
+
+class BertForSequenceClassification(_EncoderWithClassifier):
     """A linear classifier on the pooled [CLS] vector.
 
     ``labels`` (B,): class ids (cross-entropy), or floats when ``num_labels == 1`` (regression,
@@ -321,13 +392,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
     """
 
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config)
-        self.dropout = _classifier_dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.init_weights()
+        super().__init__(config, add_pooling_layer=True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -340,17 +405,11 @@ class BertForSequenceClassification(BertPreTrainedModel):
         return ClassifierOutput(loss, logits, out.hidden_states, out.attentions)
 
 
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(_EncoderWithClassifier):
     """A linear classifier on every token (NER). ``labels`` (B, T), -100 where ignored."""
 
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.config = config
-        self.num_labels = config.num_labels
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = _classifier_dropout(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.init_weights()
+        super().__init__(config, add_pooling_layer=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,

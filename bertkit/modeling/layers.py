@@ -12,11 +12,22 @@ call it. Shapes use this legend:
 the most negative finite number (not -inf) keeps a fully-masked row finite: its softmax is
 uniform instead of NaN, and the row's output is ignored downstream anyway. Build masks with
 :func:`padding_mask_bias` / :func:`causal_mask_bias`, never with a hard-coded -10000.
+
+**Unpadded (packed) batches.** A padded batch wastes every position-wise op (projections, FFN,
+LayerNorm, residuals, dropout) on its padding. :func:`pack_batch` plans the other layout: the
+N real tokens of the batch in one (N, H) tensor, sequences sorted by length so that sequences
+of similar length sit next to each other. Attention, the one op that mixes positions, runs per
+:class:`LengthGroup` (a few sequences of equal or bucketed length, viewed as a (G, L, ...) grid
+and masked inside the bucket; one gather per projection puts every group's slots in place),
+so a layer makes one SDPA call per group, never one per sequence.
+Within a sequence the real tokens keep their order; positions come from the embeddings, which
+are computed on the (B, T) grid before packing.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +112,115 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
+# A sequence joins the group of longer ones while its length is at least this share of the
+# group's longest: the group is padded to its longest inside attention only. At BERT lengths
+# attention is a small part of a layer's work, so a little padding there costs less than one
+# more SDPA call (and its gathers) per group and layer.
+GROUP_MIN_FILL = 0.75
+
+
+@dataclass
+class LengthGroup:
+    """G sequences of a packed batch attended together as a (G, L) grid: L is the longest;
+    ``bias`` (G, 1, 1, L) masks the slots past a shorter sequence's end (None when all G have
+    L tokens). The group's slots are ``start:start + G*L`` of the batch's grid."""
+    start: int
+    count: int
+    length: int
+    bias: torch.Tensor | None = None
+
+    def view(self, grid: torch.Tensor) -> torch.Tensor:
+        """(S, F) every group's slots -> (G, L, F) this group's (a view)."""
+        slots = grid[self.start:self.start + self.count * self.length]       # (G*L, F)
+        return slots.view(self.count, self.length, -1)                        # (G, L, F)
+
+
+@dataclass
+class PackedBatch:
+    """The N real tokens of a padded (B, T) batch, packed, and their attention groups.
+
+    ``token_index`` (N,) is each packed token's flat position b*T + t in the padded batch.
+    Sequences are packed longest first, each one's real tokens in order; a sequence with no
+    real token is in no group. Attention sees the groups' S slots: ``grid_index`` (S,) names
+    the packed token in each slot (a pad slot repeats a real token, masked as a key; its
+    query's output is dropped) and ``real_slots`` (N,) the slot of each packed token; both are
+    None when every group is full (the packed tokens *are* the slots).
+    """
+    token_index: torch.Tensor
+    batch: int
+    length: int
+    groups: list[LengthGroup]
+    grid_index: torch.Tensor | None = None
+    real_slots: torch.Tensor | None = None
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) -> (N, F), the real tokens."""
+        flat = padded.reshape(self.batch * self.length, -1)                   # (B*T, F)
+        return flat.index_select(0, self.token_index)                         # (N, F)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(N, F) -> (B, T, F), with zeros at the padding positions."""
+        flat = packed.new_zeros(self.batch * self.length, packed.size(-1))    # (B*T, F)
+        flat = flat.index_copy(0, self.token_index, packed)                   # (B*T, F)
+        return flat.view(self.batch, self.length, -1)                         # (B, T, F)
+
+    def to_slots(self, packed: torch.Tensor) -> torch.Tensor:
+        """(N, F) packed tokens -> (S, F) the groups' slots, one gather for all groups."""
+        if self.grid_index is None:
+            return packed
+        return packed.index_select(0, self.grid_index)                        # (S, F)
+
+    def from_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """(S, F) -> (N, F): the real tokens' slots, in packed order."""
+        if self.real_slots is None:
+            return slots
+        return slots.index_select(0, self.real_slots)                         # (N, F)
+
+
+def pack_batch(attention_mask: torch.Tensor, dtype: torch.dtype) -> PackedBatch:
+    """Plan the packed layout of a (B, T) 1/0 mask; ``dtype`` is that of the attention bias.
+
+    Data-dependent (the number of real tokens decides shapes): not for torch.export."""
+    mask = attention_mask.to(torch.bool)                                      # (B, T)
+    batch, length = mask.shape
+    lengths = mask.sum(dim=1)                                                 # (B,)
+    order = torch.argsort(lengths, descending=True, stable=True)             # (B,)
+    rows, positions = mask.index_select(0, order).nonzero(as_tuple=True)     # (N,) each
+    token_index = order[rows] * length + positions                            # (N,)
+    buckets = length_buckets([n for n in lengths[order].tolist() if n > 0])
+    groups, start = [], 0
+    for bucket in buckets:
+        full = bucket[-1] == bucket[0]
+        bias = None if full else padding_mask_bias(length_mask(bucket, mask.device), dtype)
+        groups.append(LengthGroup(start, len(bucket), bucket[0], bias))     # bias (G, 1, 1, L)
+        start += len(bucket) * bucket[0]
+    if all(g.bias is None for g in groups):
+        return PackedBatch(token_index, batch, length, groups)
+    real = torch.cat([length_mask(b, mask.device).flatten() for b in buckets])  # (S,)
+    real_slots = real.nonzero().squeeze(1)                                    # (N,)
+    # A pad slot takes the packed index of the real slot before it (any real token will do).
+    grid_index = (real.cumsum(0) - 1).clamp(min=0)                            # (S,)
+    return PackedBatch(token_index, batch, length, groups, grid_index, real_slots)
+
+
+def length_mask(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """(G, L) True at the first ``lengths[g]`` slots of row g; L = max(lengths)."""
+    steps = torch.arange(max(lengths), device=device)                         # (L,)
+    return steps[None, :] < torch.tensor(lengths, device=device)[:, None]     # (G, L)
+
+
+def length_buckets(lengths: list[int]) -> list[list[int]]:
+    """Lengths sorted longest first -> runs in which each length is >= GROUP_MIN_FILL times the
+    run's first (longest)."""
+    buckets: list[list[int]] = []
+    for n in lengths:
+        if buckets and n >= GROUP_MIN_FILL * buckets[-1][0]:
+            buckets[-1].append(n)
+        else:
+            buckets.append([n])
+    return buckets
+
+
 ACTIVATIONS = {
     "gelu": F.gelu,  # the exact erf form of the original BERT
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -159,8 +279,14 @@ class SelfAttention(nn.Module):
         self.prefix: nn.Module | None = None
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden (B, T, H), bias (B, 1, 1, T) or None -> context (B, T, N*D), probs (B, N, T, S)."""
+                need_weights: bool = False,
+                packed: PackedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, T, H), bias (B, 1, 1, T) or None -> context (B, T, N*D), probs (B, N, T, S).
+
+        With ``packed``: hidden (N, H) real tokens -> context (N, N*D), no probabilities
+        (``bias`` and ``need_weights`` are not used)."""
+        if packed is not None:
+            return self._packed_forward(hidden, packed), None
         q = split_heads(self.query(hidden), self.num_heads)                  # (B, N, T, D)
         k = split_heads(self.key(hidden), self.num_heads)                    # (B, N, T, D)
         v = split_heads(self.value(hidden), self.num_heads)                  # (B, N, T, D)
@@ -169,6 +295,25 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         context, probs = attention(q, k, v, bias, dropout_p, need_weights)
         return merge_heads(context), probs                                    # (B, T, N*D)
+
+    def _packed_forward(self, hidden: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
+        """hidden (N, H) -> context (N, N*D): one attention call per length group."""
+        q = packed.to_slots(self.query(hidden))                               # (S, N*D)
+        k = packed.to_slots(self.key(hidden))                                 # (S, N*D)
+        v = packed.to_slots(self.value(hidden))                               # (S, N*D)
+        dropout_p = self.dropout if self.training else 0.0
+        contexts = []
+        for group in packed.groups:
+            gq = split_heads(group.view(q), self.num_heads)                   # (G, N, L, D)
+            gk = split_heads(group.view(k), self.num_heads)                   # (G, N, L, D)
+            gv = split_heads(group.view(v), self.num_heads)                   # (G, N, L, D)
+            bias = group.bias                                                 # (G, 1, 1, L) or None
+            if self.prefix is not None:
+                gk, gv, bias = self.prefix(gk, gv, bias)                      # S = P + L
+            context, _ = attention(gq, gk, gv, bias, dropout_p)               # (G, N, L, D)
+            contexts.append(merge_heads(context).flatten(0, 1))              # (G*L, N*D)
+        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # (S, N*D)
+        return packed.from_slots(context)                                     # (N, N*D)
 
 
 class FeedForward(nn.Module):
@@ -211,8 +356,12 @@ class EncoderLayer(nn.Module):
         self.adapters = nn.ModuleDict()
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        context, probs = self.attention(hidden, bias, need_weights)          # (B, T, N*D)
+                need_weights: bool = False,
+                packed: PackedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, T, H) -> (B, T, H) and the attention probabilities if asked; with
+        ``packed``, hidden (N, H) real tokens -> (N, H) (every op but attention is
+        position-wise, so only attention needs to know the layout)."""
+        context, probs = self.attention(hidden, bias, need_weights, packed)  # (B, T, N*D)
         attended = self.dropout(self.attention_output(context))               # (B, T, H)
         if "attention" in self.adapters:
             attended = self.adapters["attention"](attended)
@@ -260,8 +409,11 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        """input_ids, token_type_ids (B, T) -> (B, T, H)."""
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                packed: PackedBatch | None = None) -> torch.Tensor:
+        """input_ids, token_type_ids (B, T) -> (B, T, H); with ``packed``, (N, H): the sum of
+        the three embeddings is taken on the (B, T) grid (positions are grid columns), then
+        only the real tokens go through LayerNorm and dropout."""
         length = input_ids.size(1)
         if length > self.max_positions:
             raise ValueError(f"input has {length} tokens but the model takes at most "
@@ -273,4 +425,6 @@ class BertEmbeddings(nn.Module):
             embedded = embedded + self.token_type_embeddings.weight[0]
         else:
             embedded = embedded + self.token_type_embeddings(token_type_ids)
-        return self.dropout(self.LayerNorm(embedded))                         # (B, T, H)
+        if packed is not None:
+            embedded = packed.pack(embedded)                                  # (N, H)
+        return self.dropout(self.LayerNorm(embedded))                         # (B, T, H) or (N, H)

@@ -6,6 +6,8 @@ Routes (``/v1`` ones need ``Authorization: Bearer <key>`` when keys are configur
                         -> {"predictions": [...]}   (as `bertkit predict` answers)
     POST /v1/embed      {"texts": [...], "normalize"?: bool}   -> {"embeddings": [[...], ...]}
     POST /v1/fill-mask  {"texts": [...], "top_k"?: int}        -> {"results": [...]}
+    POST /v1/explain    {"text", "text_pair"?, "target"?, "method"?, "steps"?}  (QA: "question",
+                        "context") -> the explanation: words with spans and scores, prediction
     GET  /v1/info       the model: task, labels, routes
     GET  /healthz  /readyz  /metrics  /docs  /          (no key needed)
 
@@ -17,6 +19,7 @@ Bounds: the work held at once (``max_queued_tokens``, else 429 with Retry-After)
 the model (``request_timeout``, else 503), work for a client that has gone (dropped), metric
 label values (fixed sets), the Host names answered (``allowed_hosts``, else 400), POST bodies
 (application/json only, else 415). With API keys, the open routes say nothing of the model.
+Explanations have their own bounds (``explain_max_*``) and thread: see explaining.py.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route functions'
@@ -37,12 +40,16 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 from bertkit.data.tasks import TruncationWarning
+from bertkit.explain import METHODS
+from bertkit.explain.attributions import MAX_STEPS
 from bertkit.serve.auth import (KeyChecker, allowed_host_names, check_allowed_hosts, check_bind,
                                 host_allowed, load_api_keys)
 from bertkit.serve.batching import MicroBatcher, QueueFull
 from bertkit.serve.engine import load_served_model
-from bertkit.serve.limits import (ApiError, Limits, boolean, check_fields, integer,
-                                  read_json_object, same_length, text_list)
+from bertkit.serve.explaining import (ExplainQueueFull, ExplainRequest, Explainer,
+                                      explanation_json)
+from bertkit.serve.limits import (ApiError, Limits, boolean, check_fields, choice, integer,
+                                  read_json_object, same_length, text_field, text_list)
 from bertkit.serve.page import render_page
 from bertkit.version import __version__
 
@@ -73,6 +80,10 @@ class ServeConfig:
     max_queued_tokens: int = 65_536    # tokens queued or running at once; more: 429
     request_timeout: float = 30.0      # seconds a request may wait for the model; then 503
     allowed_hosts: list[str] = field(default_factory=list)  # Host names beyond the defaults
+    # /v1/explain: Integrated Gradients costs `steps` forward+backward passes of the text
+    explain_max_chars: int = 2_000     # characters per text (and per pair text / context)
+    explain_max_steps: int = MAX_STEPS  # the most IG steps a request may ask for (see below)
+    explain_max_queued: int = 4        # explanations waiting or running at once; more: 429
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -94,6 +105,10 @@ class ServeConfig:
                 or not 0 < self.request_timeout < math.inf:
             raise ValueError(f"request_timeout must be a number of seconds above 0, got "
                              f"{self.request_timeout!r}")
+        for name in ("explain_max_chars", "explain_max_steps", "explain_max_queued"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         self.allowed_hosts = check_allowed_hosts(self.allowed_hosts)
 
     @property
@@ -293,6 +308,7 @@ class _Service:
     keys: KeyChecker
     metrics: Metrics
     batcher: MicroBatcher
+    explainer: Explainer
 
 
 def create_app(config: ServeConfig, served=None):
@@ -309,7 +325,8 @@ def create_app(config: ServeConfig, served=None):
         served = load_served_model(config.model, runtime=config.runtime, device=config.device)
     info = served.info()
     metrics = _model_metrics(info, keys)
-    service = _Service(config, served, info, keys, metrics, _model_batcher(config, served, metrics))
+    service = _Service(config, served, info, keys, metrics, _model_batcher(config, served, metrics),
+                       Explainer(served, config.explain_max_queued))
     hosts = allowed_host_names(config.host, config.allowed_hosts)
     app = FastAPI(title="bertkit serve", version=_version(), lifespan=_lifespan(service, hosts),
                   description=_api_description(info, keys))
@@ -360,13 +377,15 @@ def _model_batcher(config: ServeConfig, served, metrics: Metrics) -> MicroBatche
 
 
 def _lifespan(service: _Service, hosts: frozenset[str] | None):
-    """The app's lifespan: start the batcher, log the settings; at shutdown stop the batcher."""
+    """The app's lifespan: start the batcher and the explainer, log the settings; at shutdown
+    stop them."""
     config, info, batcher = service.config, service.info, service.batcher
     server_log = _json_logger(SERVER_LOG)
 
     @asynccontextmanager
     async def lifespan(app):
         await batcher.start()
+        service.explainer.start()
         server_log.info({"event": "startup", "model": info["name"], "task": info["task"],
                          "runtime": info["runtime"], "routes": info["routes"],
                          "auth": service.keys.enabled, "batching": config.batching,
@@ -374,10 +393,14 @@ def _lifespan(service: _Service, hosts: frozenset[str] | None):
                          "max_padding": config.max_padding,
                          "max_queued_tokens": config.max_queued_tokens,
                          "request_timeout": config.request_timeout,
+                         "explain_max_chars": config.explain_max_chars,
+                         "explain_max_steps": config.explain_max_steps,
+                         "explain_max_queued": config.explain_max_queued,
                          "allowed_hosts": "any" if hosts is None else sorted(hosts),
                          "pid": os.getpid()})
         yield
         await batcher.stop()  # uvicorn has let in-flight requests finish before this
+        await asyncio.to_thread(service.explainer.stop)
         server_log.info({"event": "shutdown", "pid": os.getpid()})
 
     return lifespan
@@ -445,6 +468,7 @@ def _model_routes(service: _Service):
     _add_predict_route(v1, service)
     _add_embed_route(v1, service)
     _add_fill_mask_route(v1, service)
+    _add_explain_route(v1, service)
 
     @v1.get("/info", summary="the served model")
     async def model_info():
@@ -570,6 +594,88 @@ def _add_fill_mask_route(v1, service: _Service) -> None:
         return _JSON.response({"results": results})
 
 
+def _add_explain_route(v1, service: _Service) -> None:
+    """POST /v1/explain: token attributions for one input (:func:`bertkit.explain.explain`),
+    in a thread of its own beside the micro-batcher (see explaining.py)."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import Request
+
+    served, config, metrics = service.served, service.config, service.metrics
+    text_name, pair_name = ("question", "context") if served.task == "qa" else ("text", "text_pair")
+    example = ({"question": "Who wrote it?", "context": "It was written by Ada."}
+               if served.task == "qa" else {"text": "a text to explain", "method": "ig"})
+    doc = _request_schema({text_name: {"type": "string"}, pair_name: {"type": "string"},
+                           "target": {"type": "string"},
+                           "method": {"type": "string", "enum": list(METHODS)},
+                           "steps": {"type": "integer", "minimum": 1,
+                                     "maximum": config.explain_max_steps}},
+                          [text_name], example)
+
+    @v1.post("/explain", summary="explain a prediction", openapi_extra=doc,
+             description="Which words pushed the prediction up or down: per target (the "
+                         "predicted label, each entity, the answer's start and end, each "
+                         "[MASK]) one score per word; words carry their character span and "
+                         "segment (0: text/question, 1: pair/context). Methods: ig (Integrated "
+                         "Gradients, `steps` passes), gradxinput, occlusion, attention "
+                         f"(rollout). Texts up to {config.explain_max_chars} characters.")
+    async def explain_route(request: Request):
+        if served.runtime != "torch":
+            raise _unsupported(service.info, "/v1/explain", "no_gradients",
+                               f"explanations need gradients, which the {served.runtime} "
+                               "runtime does not compute (serve with --runtime torch)")
+        data = await read_json_object(request, config.limits)
+        job = _explain_request(data, service, text_name, pair_name)
+        request.state.inputs = 1
+        explanation = await _explain_within_limits(request, service, job)
+        metrics.inputs.labels("explain").inc()
+        metrics.tokens.labels("explain").inc(len(explanation.tokens))
+        return _JSON.response(explanation_json(explanation))
+
+
+def _explain_request(data: dict, service: _Service, text_name: str,
+                     pair_name: str) -> ExplainRequest:
+    """The checked fields of a /v1/explain body."""
+    config, served = service.config, service.served
+    check_fields(data, (text_name, pair_name, "target", "method", "steps"))
+    limits = Limits(max_chars=min(config.max_chars, config.explain_max_chars))
+    text = text_field(data, text_name, limits)
+    text_pair = text_field(data, pair_name, limits, required=served.task == "qa")
+    target = text_field(data, "target", Limits(max_chars=200), required=False)
+    method = choice(data, "method", "ig", METHODS)
+    steps = _explain_steps(data, config.explain_max_steps)
+    if method != "attention" and served.task is None and not served.has_mlm:
+        raise ApiError(422, "needs_task_head", f"method {method!r} explains a prediction, and "
+                       f"model {service.info['name']} ({service.info['architecture']}) has no "
+                       "task head: use method 'attention', or fine-tune it first")
+    return ExplainRequest(text, text_pair, target, method, steps)
+
+
+def _explain_steps(data: dict, max_steps: int) -> int | None:
+    """IG steps: the body's (1..max_steps), else None -- as many as completeness needs, which
+    the library caps at its MAX_STEPS -- or, where the server allows fewer, max_steps."""
+    if data.get("steps") is None:
+        return None if max_steps >= MAX_STEPS else max_steps
+    return integer(data, "steps", 0, 1, max_steps)
+
+
+async def _explain_within_limits(request, service: _Service, job: ExplainRequest):
+    """The :class:`Explanation` of ``job``, within the explanation bound (429) and the
+    request timeout (503); a request that goes away stops its explanation (499)."""
+    try:
+        answer = service.explainer.submit(job)
+    except ExplainQueueFull as e:
+        raise ApiError(429, "queue_full", str(e),
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    except RuntimeError as e:
+        raise ApiError(503, "shutting_down", str(e)) from None
+    await _wait_for(request, answer, service.config,
+                    on_give_up=lambda: setattr(job, "dropped", True))
+    try:
+        return answer.result()
+    except (ValueError, TypeError) as e:  # the input: an unknown target, no [MASK] ...
+        raise ApiError(422, "invalid_input", str(e)) from None
+
+
 # ---------------------------------------------------------------------------- open routes
 
 
@@ -612,15 +718,25 @@ async def _answer_within_limits(request, batcher: MicroBatcher, served, config: 
     # Counting tokens is cheap next to the model, but not free: off the event loop.
     cost = sum((await asyncio.to_thread(served.token_lengths, key[0], items))[0])
     job = asyncio.ensure_future(batcher.submit(key, items, cost))
+    await _wait_for(request, job, config)
+    return _model_answer(job, batcher)
+
+
+async def _wait_for(request, job: asyncio.Future, config: ServeConfig,
+                    on_give_up=None) -> None:
+    """Wait until ``job`` is done, within the request timeout (else 503) and while the client
+    is there (else 499). Giving up cancels the job, after calling ``on_give_up()``."""
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         done, _ = await asyncio.wait({job, gone}, timeout=config.request_timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
     finally:  # also when this task is cancelled: the job must not outlive its request
         gone.cancel()
+        if not job.done() and on_give_up is not None:
+            on_give_up()
         job.cancel()  # a no-op once it is done
     if job in done:
-        return _model_answer(job, batcher)
+        return
     if gone in done:  # nobody reads this answer; the access log shows the status
         raise ApiError(499, "client_closed_request", "the client closed the connection")
     raise ApiError(503, "timeout", f"no answer within the request timeout of "

@@ -7,6 +7,8 @@ PEFT adapter folder), or a plain encoder / pretraining folder. What it can answe
 /v1/predict        a task folder (:class:`bertkit.tasks.predict.Predictor`)
 /v1/embed          any folder with a torch BERT encoder (mean-pooled last hidden states)
 /v1/fill-mask      a folder saved with an MLM head (BertForPreTraining / BertForMaskedLM)
+/v1/explain        any torch folder (attributions need a task or MLM head; attention
+                   rollout works on a bare encoder); run by :mod:`bertkit.serve.explaining`
 =================  =======================================================================
 """
 
@@ -189,5 +191,6 @@ def load_served_model(folder: str, runtime: str = "torch",
     else:
         served.architecture = (config.architectures or [type(model).__name__])[0]
     served.routes = ((["predict"] if served.task else []) + (["embed"] if served.encoder else [])
-                     + (["fill-mask"] if served.has_mlm else []))
+                     + (["fill-mask"] if served.has_mlm else [])
+                     + (["explain"] if runtime == "torch" else []))
     return served

@@ -7,13 +7,16 @@ what was wrong and where (``texts[3]``), and the server goes on serving:
 400    ``empty_body``, ``invalid_utf8``, ``invalid_json`` (also JSON nested too
        deeply to parse), ``invalid_host`` (a Host header not on the allow-list)
 401    ``unauthorized`` (auth.py)
-404    ``not_found``, ``no_task_head``, ``no_mlm_head``, ``no_encoder``
+404    ``not_found``, ``no_task_head``, ``no_mlm_head``, ``no_encoder``,
+       ``no_gradients`` (/v1/explain on the onnx runtime)
 413    ``body_too_large``, ``too_many_texts``, ``text_too_long``
 415    ``unsupported_media_type`` (a POST whose Content-Type is not application/json)
 422    ``invalid_type``, ``missing_field``, ``unknown_field``, ``empty_input``,
        ``empty_text``, ``invalid_text``, ``length_mismatch``, ``no_mask_token``,
-       ``invalid_input``
-429    ``queue_full`` (with ``Retry-After``: the server holds all the work it takes)
+       ``invalid_input`` (also an unknown explain ``target``), ``needs_task_head`` (an
+       attribution method on a folder without a task head)
+429    ``queue_full`` (with ``Retry-After``: the server holds all the work it takes, or
+       ``explain_max_queued`` explanations)
 499    ``client_closed_request`` (logged only: the client has gone, its work dropped)
 503    ``timeout`` (no answer within the request timeout), ``shutting_down``
 =====  ======================================================================
@@ -127,21 +130,34 @@ def text_list(data: dict, name: str, limits: Limits, required: bool = True,
         raise ApiError(413, "too_many_texts", f"{name!r} holds {len(values)} texts; the limit "
                        f"is {limits.max_texts} per request")
     for i, value in enumerate(values):
-        where = f"{name}[{i}]"
-        if not isinstance(value, str):
-            raise ApiError(422, "invalid_type",
-                           f"{where} must be a string, got {_json_type(value)}")
-        if not value.strip() and not allow_empty_text:
-            raise ApiError(422, "empty_text", f"{where} is empty")
-        if len(value) > limits.max_chars:
-            raise ApiError(413, "text_too_long", f"{where} has {len(value)} characters; the "
-                           f"limit is {limits.max_chars}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
-            raise ApiError(422, "invalid_text", f"{where} holds a lone surrogate "
-                           "(an unpaired \\ud800-\\udfff escape), which is not text") from None
+        check_text(value, f"{name}[{i}]", limits, allow_empty_text)
     return values
+
+
+def text_field(data: dict, name: str, limits: Limits, required: bool = True) -> str | None:
+    """The field ``name`` as one checked string (None when absent and not required)."""
+    if name not in data or data[name] is None:
+        if required:
+            raise ApiError(422, "missing_field", f"missing field {name!r} (a string)")
+        return None
+    check_text(data[name], repr(name), limits)
+    return data[name]
+
+
+def check_text(value: Any, where: str, limits: Limits, allow_empty: bool = False) -> None:
+    """Refuse a value that is not a non-empty string of at most ``limits.max_chars``."""
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid_type", f"{where} must be a string, got {_json_type(value)}")
+    if not value.strip() and not allow_empty:
+        raise ApiError(422, "empty_text", f"{where} is empty")
+    if len(value) > limits.max_chars:
+        raise ApiError(413, "text_too_long", f"{where} has {len(value)} characters; the "
+                       f"limit is {limits.max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON "\ud800" escapes decode to lone surrogates
+        raise ApiError(422, "invalid_text", f"{where} holds a lone surrogate "
+                       "(an unpaired \\ud800-\\udfff escape), which is not text") from None
 
 
 def same_length(a_name: str, a: list, b_name: str, b: list) -> None:
@@ -155,6 +171,14 @@ def boolean(data: dict, name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise ApiError(422, "invalid_type",
                        f"{name!r} must be true or false, got {_json_type(value)}")
+    return value
+
+
+def choice(data: dict, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = data.get(name, default)
+    if value not in choices or not isinstance(value, str):
+        raise ApiError(422, "invalid_input", f"{name!r} must be one of "
+                       + ", ".join(repr(c) for c in choices) + f", got {str(value)[:50]!r}")
     return value
 
 

@@ -1,4 +1,6 @@
-"""The try-it page at ``/``: a text box, a button, the result and its latency.
+"""The try-it page at ``/``: a text box, a button, the result and its latency; an "explain"
+button colours the words of the input by their attributions (/v1/explain: red for the
+prediction, blue against, stronger for larger scores; the score on hover).
 
 Kept in a .py module (not a package-data file) so that it ships with any install of the
 package. The page calls the same ``/v1`` routes any client does (with the API key typed into
@@ -37,6 +39,11 @@ _PAGE = """<!doctype html>
   pre { background: #f3f5f8; padding: .7rem; border-radius: 6px; overflow-x: auto; font-size: 13px; max-height: 22rem; }
   .error { color: #b00020; font-weight: 600; }
   .hidden { display: none; }
+  #explain { margin-left: .5rem; background: #8a3b12; }
+  #method { width: auto; margin-left: .4rem; }
+  .attr-text { line-height: 1.9; }
+  .attr { border-radius: 3px; padding: .05rem .1rem; }
+  .legend { color: #5b6475; font-size: 13px; }
 </style>
 </head>
 <body>
@@ -62,7 +69,7 @@ _PAGE = """<!doctype html>
   <label for="context">Context</label>
   <textarea id="context"></textarea>
 </div>
-<button id="run" type="button">Run</button><span id="status"></span>
+<button id="run" type="button">Run</button><button id="explain" type="button" class="hidden">Explain</button><select id="method" class="hidden" aria-label="explanation method"><option>ig</option><option>gradxinput</option><option>occlusion</option><option>attention</option></select><span id="status"></span>
 <div id="summary" aria-live="polite"></div>
 <pre id="result" class="hidden"></pre>
 <script id="model-info" type="application/json">__INFO__</script>
@@ -74,8 +81,9 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&l
 function showModel() {
   $("meta").textContent = `model ${INFO.name} · task ${INFO.task} · ${INFO.architecture} · ${INFO.runtime}`;
   const select = $("route"), chosen = select.value;
-  select.replaceChildren(...INFO.routes.map((r) => new Option("/v1/" + r, r)));
+  select.replaceChildren(...INFO.routes.filter((r) => r !== "explain").map((r) => new Option("/v1/" + r, r)));
   if (INFO.routes.includes(chosen)) select.value = chosen;
+  for (const id of ["explain", "method"]) $(id).classList.toggle("hidden", !INFO.routes.includes("explain"));
   layout();
 }
 // With API keys the page knows nothing of the model until /v1/info answers to the key.
@@ -98,6 +106,7 @@ async function loadInfo() {
 if (INFO.auth) {
   $("key-box").classList.remove("hidden");
   $("meta").textContent = "API key needed: type it to see the model";
+  for (const id of ["explain", "method"]) $(id).classList.remove("hidden");  // until /v1/info says
   $("key").addEventListener("change", loadInfo);
 }
 function layout() {
@@ -139,33 +148,70 @@ function summarise(route, data) {
   }
   return `<p>answer: <b>${esc(p.answer || "(no answer)")}</b> (score ${Number(p.score).toFixed(3)})</p>`;
 }
-async function run() {
+// /v1/explain: one input (QA: question and context) and the method.
+function explainBody() {
+  const b = INFO.task === "qa" ? {question: $("question").value, context: $("context").value} : {text: $("text").value};
+  if ((INFO.task === "classification" || INFO.task === "regression") && $("pair").value) b.text_pair = $("pair").value;
+  b.method = $("method").value;
+  return b;
+}
+// The source text with each word in a span coloured by its score: red for, blue against.
+function colourWords(source, words, scores) {
+  const top = Math.max(1e-12, ...scores.map(Math.abs));
+  let out = "", at = 0;
+  words.forEach((w, i) => {
+    const s = scores[i], alpha = (0.08 + 0.8 * Math.abs(s) / top).toFixed(3);
+    const rgb = s >= 0 ? "220, 38, 38" : "37, 99, 235";
+    out += esc(source.slice(at, w.start)) + `<span class="attr" style="background: rgba(${rgb}, ${alpha})" title="${s.toPrecision(3)}" data-score="${s}">${esc(source.slice(w.start, w.end))}</span>`;
+    at = w.end;
+  });
+  return out + esc(source.slice(at));
+}
+function explained(data) {
+  const p = data.prediction, sources = [data.text, data.text_pair || ""];
+  let out = "";
+  if ("label" in p) out += `<p>label: <b id="label">${esc(p.label)}</b> (${p.probabilities[p.label].toFixed(3)})</p>`;
+  else if ("answer" in p) out += `<p>answer: <b>${esc(p.answer || "(no answer)")}</b></p>`;
+  else if ("score" in p) out += `<p>score: <b>${Number(p.score).toFixed(4)}</b></p>`;
+  if (!data.attributions.length) out += "<p>nothing to explain (no entity or [MASK] found)</p>";
+  for (const a of data.attributions) {
+    out += `<p><b>${esc(a.target)}</b> <span class="legend">(${esc(data.method)}: red for, blue against)</span></p>`;
+    for (const seg of [0, 1]) {
+      const idx = data.words.map((w, i) => i).filter((i) => data.words[i].segment === seg);
+      if (idx.length) out += `<p class="attr-text">${colourWords(sources[seg], idx.map((i) => data.words[i]), idx.map((i) => a.words[i]))}</p>`;
+    }
+  }
+  return out;
+}
+async function run(route, payload, render) {
   if (!INFO.routes && !(await loadInfo())) {
     $("summary").innerHTML = `<p class="error">${esc($("meta").textContent)}</p>`;
     return;
   }
-  const route = $("route").value, headers = {"Content-Type": "application/json"};
+  route = route || $("route").value;
+  const headers = {"Content-Type": "application/json"};
   if ($("key").value) headers.Authorization = "Bearer " + $("key").value;
-  $("run").disabled = true; $("status").textContent = "running…";
+  $("run").disabled = $("explain").disabled = true; $("status").textContent = "running…";
   const t0 = performance.now();
   try {
-    const resp = await fetch("/v1/" + route, {method: "POST", headers, body: JSON.stringify(body(route))});
+    const resp = await fetch("/v1/" + route, {method: "POST", headers, body: JSON.stringify(payload ? payload() : body(route))});
     const data = await resp.json();
     const ms = performance.now() - t0;
     $("status").textContent = `${resp.status} · ${ms.toFixed(0)} ms`;
     $("status").dataset.latencyMs = ms.toFixed(1);
     $("result").textContent = JSON.stringify(data, null, 2);
     $("result").classList.remove("hidden");
-    $("summary").innerHTML = resp.ok ? summarise(route, data)
+    $("summary").innerHTML = resp.ok ? (render ? render(data) : summarise(route, data))
       : `<p class="error">${esc(data.error ? data.error.code + ": " + data.error.message : resp.statusText)}</p>`;
   } catch (err) {
     $("status").textContent = "";
     $("summary").innerHTML = `<p class="error">${esc(err)}</p>`;
   } finally {
-    $("run").disabled = false;
+    $("run").disabled = $("explain").disabled = false;
   }
 }
-$("run").addEventListener("click", run);
+$("run").addEventListener("click", () => run());
+$("explain").addEventListener("click", () => run("explain", explainBody, explained));
 $("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) run(); });
 </script>
 </body>

@@ -133,6 +133,7 @@ class Task:
     default_max_length: int = 128
     setting_names: tuple[str, ...] = ("max_length",)  # the TaskSettings config.json records
     has_label_map: bool = False                   # class / tag names in config.json's id2label
+    data_suffix: str = ""                         # the file type write_examples writes
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -141,6 +142,18 @@ class Task:
     def load_examples(self, path: str, require_label: bool = True) -> list:
         """Read a data file of the task (a ValueError naming file and line when it is bad)."""
         raise NotImplementedError
+
+    def examples_from_records(self, records: Sequence, source: str = "records",
+                              require_label: bool = True) -> list:
+        """The examples of in-memory ``records`` (dicts with the fields of the task's file
+        format, or the task's example objects), checked as :meth:`load_examples` checks a
+        file; a ValueError names ``source:N`` for the N-th record (from 1)."""
+        raise NotImplementedError(f"the {self.name} task reads files only, not records")
+
+    def write_examples(self, examples: Sequence, path: str) -> None:
+        """Write ``examples`` to ``path`` (ending in :attr:`data_suffix`) as a file that
+        :meth:`load_examples` reads back to the same examples."""
+        raise NotImplementedError(f"the {self.name} task cannot write its examples")
 
     def encode(self, examples: Sequence, tokenizer, settings: TaskSettings,
                label2id: dict[str, int] | None, labelled: bool = True) -> TaskDataset:

@@ -20,7 +20,8 @@ import torch
 
 from bertkit.config import BertConfig
 from bertkit.data.tasks import (ClassificationExample, LabelMap, TaskDataset, build_label_map,
-                                encode_classification, load_classification)
+                                classification_records, encode_classification,
+                                load_classification, write_classification)
 from bertkit.modeling.bert import BertForSequenceClassification
 from bertkit.tasks.base import PredictInputs, RunFn, Split, Task, TaskSettings, check_texts
 from bertkit.tasks.metrics import classification_metrics, regression_metrics
@@ -34,10 +35,19 @@ class ClassificationTask(Task):
     default_metric = "accuracy"
     metrics_names = ("accuracy", "macro_f1", "eval_loss")
     has_label_map = True
+    data_suffix = ".jsonl"
     regression = False  # labels are class names (str), not numbers
 
     def load_examples(self, path: str, require_label: bool = True) -> list:
         return load_classification(path, regression=self.regression, require_label=require_label)
+
+    def examples_from_records(self, records: Sequence, source: str = "records",
+                              require_label: bool = True) -> list:
+        return classification_records(records, source, regression=self.regression,
+                                      require_label=require_label)
+
+    def write_examples(self, examples: Sequence, path: str) -> None:
+        write_classification(examples, path)
 
     def encode(self, examples: Sequence, tokenizer, settings: TaskSettings,
                label2id: dict[str, int] | None, labelled: bool = True) -> TaskDataset:

@@ -25,9 +25,16 @@ def load_split(task: Task, path: str, tokenizer, settings: TaskSettings,
                label2id: dict[str, int] | None) -> Split:
     """Load, check and encode a labelled data file of ``task``: a label the model does not
     know (not in ``label2id``) is a ValueError naming the file and line."""
-    examples = task.load_examples(path)
-    task.check_labels(examples, label2id, path)
-    return Split(path, examples, task.encode(examples, tokenizer, settings, label2id))
+    return examples_split(task, task.load_examples(path), path, tokenizer, settings, label2id)
+
+
+def examples_split(task: Task, examples: list, source: str, tokenizer, settings: TaskSettings,
+                   label2id: dict[str, int] | None) -> Split:
+    """Check and encode labelled ``examples`` of ``task`` (from a file or from records, see
+    :meth:`~bertkit.tasks.Task.examples_from_records`) read from ``source``; a label the model
+    does not know is a ValueError naming ``source`` and the line (record)."""
+    task.check_labels(examples, label2id, source)
+    return Split(source, examples, task.encode(examples, tokenizer, settings, label2id))
 
 
 def split_metrics(model: nn.Module, task: Task, split: Split, settings: TaskSettings,

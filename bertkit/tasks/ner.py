@@ -17,7 +17,7 @@ import numpy as np
 
 from bertkit.data.tasks import (LabelMap, NerSentence, TaskDataset, build_label_map, encode_ner,
                                 entities_from_text, load_conll, ner_predictions_to_words,
-                                split_words)
+                                ner_records, split_words, write_conll)
 from bertkit.modeling.bert import BertForTokenClassification
 from bertkit.tasks.base import PredictInputs, RunFn, Split, Task, TaskSettings, check_texts
 from bertkit.tasks.metrics import entity_metrics
@@ -31,9 +31,17 @@ class NerTask(Task):
     default_metric = "f1"
     metrics_names = ("f1", "precision", "recall", "eval_loss")
     has_label_map = True
+    data_suffix = ".conll"
 
     def load_examples(self, path: str, require_label: bool = True) -> list:
         return load_conll(path)  # CoNLL lines always carry a tag
+
+    def examples_from_records(self, records: Sequence, source: str = "records",
+                              require_label: bool = True) -> list:
+        return ner_records(records, source)
+
+    def write_examples(self, examples: Sequence, path: str) -> None:
+        write_conll(examples, path)
 
     def encode(self, examples: Sequence, tokenizer, settings: TaskSettings,
                label2id: dict[str, int] | None, labelled: bool = True) -> TaskDataset:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bertkit.data.tasks import (QaExample, TaskDataset, encode_qa, load_squad, postprocess_qa,
-                                qa_gold)
+                                qa_gold, qa_records, write_squad)
 from bertkit.modeling.bert import BertForQuestionAnswering
 from bertkit.tasks.base import (PredictInputs, RunFn, Split, Task, TaskSettings,
                                 check_strings)
@@ -35,10 +35,18 @@ class QaTask(Task):
     default_metric = "f1"
     metrics_names = ("f1", "exact_match", "eval_loss")
     default_max_length = 384
+    data_suffix = ".json"
     setting_names = tuple(f.name for f in dataclasses.fields(TaskSettings))
 
     def load_examples(self, path: str, require_label: bool = True) -> list:
         return load_squad(path)
+
+    def examples_from_records(self, records: Sequence, source: str = "records",
+                              require_label: bool = True) -> list:
+        return qa_records(records, source)
+
+    def write_examples(self, examples: Sequence, path: str) -> None:
+        write_squad(examples, path)
 
     def encode(self, examples: Sequence, tokenizer, settings: TaskSettings,
                label2id: dict[str, int] | None, labelled: bool = True) -> TaskDataset:

@@ -31,7 +31,7 @@ from torch import nn
 from bertkit.checkpoint import check_vocab_fits
 from bertkit.config import BertConfig
 from bertkit.data.tasks import LabelMap, PaddingCollator, TaskDataset
-from bertkit.peft import apply_peft, on_step
+from bertkit.peft import RECOMMENDED_OPTIONS, apply_peft, on_step
 from bertkit.tasks import TASKS, Split, Task, TaskSettings, get_task
 from bertkit.tasks.evaluate import (headline, metrics_for_json, print_report, split_metrics,
                                     write_json)
@@ -261,7 +261,7 @@ def _build_model(cfg: FinetuneConfig, task: Task, data: _RunData, training: Trai
     if cfg.peft:
         # Freeze the base, add the method's weights; the task head stays trainable and is saved
         # with the adapter. AdaLoRA plans its rank budget over the run's steps.
-        options = dict(cfg.peft_options)
+        options = {**RECOMMENDED_OPTIONS.get(cfg.peft, {}), **cfg.peft_options}
         if cfg.peft == "adalora":
             options.setdefault("total_steps", planned_steps(len(data.train), training))
         model = apply_peft(model, cfg.peft, base_model_folder=cfg.model, **options)

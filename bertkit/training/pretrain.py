@@ -175,7 +175,8 @@ def _pretrain_into(cfg: PretrainConfig, training: TrainingConfig, resume_from: s
     if is_main:
         tokenizer = _load_or_train_tokenizer(cfg, resume_dir, is_main)
         tokenizer.save_pretrained(out_dir)
-        shards = prepare_corpus(cfg.corpus, tokenizer, cache_root=shard_cache_dir(cfg.cache_dir))
+        shards = prepare_corpus(cfg.corpus, tokenizer, cache_root=shard_cache_dir(cfg.cache_dir),
+                                progress=training.progress_bar)
     if rank_info.active:
         path = [str(shards.directory) if shards is not None else None]
         dist.barrier()

@@ -75,9 +75,8 @@ def plan_settings(plan: TrainingPlan, training: TrainingConfig) -> TrainingConfi
             training, metric_for_best=plan.metric, greater_is_better=plan.greater_is_better,
             patience=plan.patience if plan.patience is not None else training.patience,
             save_best=True, load_best_at_end=True)
-    if plan.eval_fn is None:
-        return dataclasses.replace(training, save_best=False, load_best_at_end=False)
-    return training
+    # No dev set, or held-out numbers only watched (pretraining): no best model to keep.
+    return dataclasses.replace(training, save_best=False, load_best_at_end=False)
 
 
 def train_to_best(plan: TrainingPlan, training: TrainingConfig,

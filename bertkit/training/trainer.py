@@ -45,7 +45,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +59,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bertkit.checkpoint import unwrap_model
+from bertkit.modeling.bert import IGNORE_INDEX  # the padding of collected predictions/labels
+from bertkit.outputs import as_user_file
 from bertkit.training.logs import CURVES_FILE, RunLogger, plot_curves
 
 STATE_FILE = "trainer_state.pt"
@@ -546,6 +548,63 @@ def _float_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Batch fields that hold targets: what :meth:`Trainer.predict` collects as ``label_ids``.
+LABEL_KEYS = ("labels", "start_positions", "end_positions", "next_sentence_label")
+
+
+class EvalPrediction(NamedTuple):
+    """What ``compute_metrics`` receives (transformers' name and fields; it unpacks as
+    ``predictions, label_ids = p``).
+
+    ``predictions``: the model's ``logits`` over the dataset as a float32 array (N, ...), or a
+    tuple of arrays for a model without ``logits`` and several outputs (QA: start and end
+    logits, each (N, T)). ``label_ids``: the batches' targets (:data:`LABEL_KEYS`; a tuple when
+    there are several, None when there are none). Batches of sequences of different lengths
+    are padded to the longest with -100, like the labels the loss ignores.
+    """
+
+    predictions: np.ndarray | tuple[np.ndarray, ...]
+    label_ids: np.ndarray | tuple[np.ndarray, ...] | None
+
+
+class PredictionOutput(NamedTuple):
+    """What :meth:`Trainer.predict` returns: :class:`EvalPrediction`'s two fields and the
+    ``metrics`` (``eval_loss`` and ``compute_metrics``' numbers when the data has labels)."""
+
+    predictions: np.ndarray | tuple[np.ndarray, ...]
+    label_ids: np.ndarray | tuple[np.ndarray, ...] | None
+    metrics: dict[str, Any]
+
+
+def _output_arrays(output: Any) -> tuple[np.ndarray, ...]:
+    """One batch's predictions: ``logits``, else every tensor output but the loss, in numpy."""
+    fields = output if isinstance(output, Mapping) else vars(output)
+    tensors = [v for k, v in fields.items() if k != "loss" and isinstance(v, torch.Tensor)]
+    if isinstance(fields.get("logits"), torch.Tensor):
+        tensors = [fields["logits"]]
+    return tuple(t.detach().float().cpu().numpy() for t in tensors)
+
+
+def _label_arrays(batch: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
+    return tuple(batch[k].cpu().numpy() for k in LABEL_KEYS
+                 if isinstance(batch.get(k), torch.Tensor))
+
+
+def _joined(parts: list[tuple[np.ndarray, ...]]) -> np.ndarray | tuple[np.ndarray, ...] | None:
+    """Per-batch arrays joined along the first axis, field by field; sequence fields padded
+    to the longest batch with -100. One field: its array; none: None."""
+    if not parts or not parts[0]:
+        return None
+    joined = []
+    for arrays in zip(*parts):
+        if arrays[0].ndim >= 2:
+            width = max(a.shape[1] for a in arrays)
+            arrays = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
+                             constant_values=IGNORE_INDEX) for a in arrays]
+        joined.append(np.concatenate(arrays))
+    return joined[0] if len(joined) == 1 else tuple(joined)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -905,7 +964,11 @@ class Trainer:
             unwrapped model in eval mode under ``torch.no_grad()``, with all global generators
             seeded to ``config.seed`` (same masks on every evaluation) and restored after.
         eval_dataset: used when ``eval_fn`` is None: the Trainer reports ``eval_loss``, the mean
-            of the per-batch losses weighted by batch size.
+            of the per-batch losses weighted by batch size, plus ``compute_metrics``' numbers.
+        compute_metrics: ``compute_metrics(EvalPrediction) -> {name: number}``, like
+            transformers': given the logits and labels the Trainer collects over the evaluated
+            dataset (:class:`EvalPrediction`); used when there is no ``eval_fn``. Its names are
+            kept as they are (``metric_for_best="accuracy"``).
         on_step: ``on_step(model, step) -> bool | None``, called after every optimizer update
             (``step`` updates done) while the gradients are still there (e.g. AdaLoRA's rank
             allocation); returning True stops the run cleanly (final eval and checkpoint).
@@ -922,7 +985,9 @@ class Trainer:
                  eval_fn: Callable[[nn.Module], Mapping[str, Any]] | None = None,
                  eval_dataset: Any = None,
                  on_step: Callable[[nn.Module, int], bool | None] | None = None,
-                 save_fn: Callable[[nn.Module, str], None] | None = None) -> None:
+                 save_fn: Callable[[nn.Module, str], None] | None = None,
+                 compute_metrics: Callable[[EvalPrediction], Mapping[str, Any]] | None = None,
+                 ) -> None:
         if not isinstance(config, TrainingConfig):
             raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
         if config.max_steps is None and config.epochs is None and config.time_budget is None:
@@ -935,6 +1000,7 @@ class Trainer:
         self.config = config
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.collate_fn, self.eval_fn = collate_fn, eval_fn
+        self.compute_metrics = compute_metrics
         self.on_step, self.save_fn = on_step, save_fn or default_save_fn
         self.out_dir = Path(config.out_dir)
         self.state = TrainerState()
@@ -1189,7 +1255,8 @@ class Trainer:
         self._log({"event": "end", "step": st.step, "stop_reason": stop_reason,
                    "elapsed": st.elapsed})
         if self.dist.is_main and cfg.plot:
-            plot_curves(st.log_history, str(self.out_dir / CURVES_FILE))
+            plot_curves(st.log_history, str(self.out_dir / CURVES_FILE),
+                        best_step=st.best_step if cfg.save_best else None)
 
     def _result(self, session: _Session, stop_reason: str) -> TrainResult:
         """The TrainResult of the session, after the best model is dealt with."""
@@ -1307,27 +1374,26 @@ class Trainer:
     def _can_evaluate(self) -> bool:
         return self.eval_fn is not None or self.eval_dataset is not None
 
-    def evaluate(self) -> dict[str, Any]:
-        """The task metrics (``eval_fn``) or ``{"eval_loss": mean}`` on ``eval_dataset``.
+    def evaluate(self, dataset: Any = None) -> dict[str, Any]:
+        """The model's metrics, in eval mode.
 
-        Rank 0 computes them on the unwrapped model (eval mode, no_grad, generators seeded to
+        Without ``dataset``: ``eval_fn(model)`` when the Trainer has one, else the metrics of
+        ``eval_dataset``. The metrics of a dataset: ``eval_loss`` (the mean of the batch
+        losses weighted by batch size) and ``compute_metrics``' numbers when it is given.
+        Rank 0 computes them on the unwrapped model (no_grad, generators seeded to
         ``config.seed`` and restored after); every rank receives the same dict.
         """
         metrics = None
         if self.dist.is_main:
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with _isolated_rng(self.config.seed), torch.no_grad():
-                    if self.eval_fn is not None:
-                        metrics = self.eval_fn(self.model)
-                    elif self.eval_dataset is not None:
-                        metrics = self._eval_loss()
-                    else:
-                        raise ValueError("nothing to evaluate: give the Trainer an eval_fn or "
-                                         "an eval_dataset")
-            finally:
-                self.model.train(was_training)
+            with self._eval_mode():
+                if dataset is None and self.eval_fn is not None:
+                    metrics = self.eval_fn(self.model)
+                elif dataset is None and self.eval_dataset is None:
+                    raise ValueError("nothing to evaluate: give the Trainer an eval_fn or "
+                                     "an eval_dataset")
+                else:
+                    metrics = self._dataset_metrics(
+                        self.eval_dataset if dataset is None else dataset)
             if not isinstance(metrics, Mapping):
                 raise ValueError(f"eval_fn must return a dict of metrics, got "
                                  f"{type(metrics).__name__}")
@@ -1338,22 +1404,72 @@ class Trainer:
             metrics = box[0]
         return metrics
 
-    def _eval_loss(self) -> dict[str, float]:
-        loader = DataLoader(self.eval_dataset, shuffle=False, collate_fn=self.collate_fn,
+    def predict(self, dataset: Any) -> PredictionOutput:
+        """Run the model (eval mode, no_grad) over ``dataset`` in order, in batches of
+        ``eval_batch_size`` made by the collator; returns the logits (:class:`EvalPrediction`
+        says which outputs and how batches are joined), the labels when the batches carry
+        them, and the metrics of :meth:`evaluate` when they do. Runs in this process only."""
+        with self._eval_mode():
+            loss, predictions, labels = self._run_dataset(dataset, collect=True)
+        metrics: dict[str, Any] = {}
+        if loss is not None:
+            metrics["eval_loss"] = loss
+        if labels is not None and self.compute_metrics is not None:
+            metrics.update(self._computed(EvalPrediction(predictions, labels)))
+        return PredictionOutput(predictions, labels, _float_metrics(metrics))
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """The model in eval mode under no_grad, global generators seeded to ``config.seed``
+        (the same dropout-free, mask-fixed evaluation every time) and restored after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with _isolated_rng(self.config.seed), torch.no_grad():
+                yield
+        finally:
+            self.model.train(was_training)
+
+    def _dataset_metrics(self, dataset: Any) -> dict[str, Any]:
+        loss, predictions, labels = self._run_dataset(
+            dataset, collect=self.compute_metrics is not None, need_loss=True)
+        metrics = {"eval_loss": loss}
+        if self.compute_metrics is not None:
+            metrics.update(self._computed(EvalPrediction(predictions, labels)))
+        return metrics
+
+    def _computed(self, prediction: EvalPrediction) -> dict[str, Any]:
+        metrics = self.compute_metrics(prediction)
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"compute_metrics must return a dict of metrics, got "
+                             f"{type(metrics).__name__}")
+        return dict(metrics)
+
+    def _run_dataset(self, dataset: Any, collect: bool, need_loss: bool = False):
+        """(mean loss or None, predictions, labels) of the model over ``dataset``; the last
+        two are None unless ``collect``. ``need_loss``: a batch without a loss is an error."""
+        loader = DataLoader(dataset, shuffle=False, collate_fn=self.collate_fn,
                             batch_size=self.config.eval_batch_size or self.config.batch_size,
                             num_workers=self.config.num_workers, generator=torch.Generator())
         total, count = 0.0, 0
+        outputs, labels = [], []
         for batch in loader:
             n = _batch_len(batch)
             batch = _to_device(batch, self.device)
             with torch.autocast(self.device.type, dtype=self._autocast_dtype,
                                 enabled=self.precision != "no"):
                 output = self.model(**batch)
-            total += float(_loss_of(output, batch)) * n
-            count += n
-        if count == 0:
-            raise ValueError("eval_dataset is empty")
-        return {"eval_loss": total / count}
+            has_loss = need_loss or isinstance(getattr(output, "loss", None), torch.Tensor) \
+                or (isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor))
+            if has_loss:
+                total += float(_loss_of(output, batch)) * n
+                count += n
+            if collect:
+                outputs.append(_output_arrays(output))
+                labels.append(_label_arrays(batch))
+        if not outputs and count == 0:
+            raise ValueError("the evaluated dataset is empty")
+        return (total / count if count else None), _joined(outputs), _joined(labels)
 
     def _evaluate_and_track(self) -> dict[str, Any]:
         """Evaluate, log, and update best metric / best model / early-stopping counter."""
@@ -1490,6 +1606,7 @@ class Trainer:
         save_file(_safetensors_ready(model_state(self.model)), str(tmp / BEST_STATE_FILE),
                   metadata={"format": "pt",
                             "frozen_sha256": frozen_fingerprint(self.model) or ""})
+        as_user_file(tmp / BEST_STATE_FILE)
         info = {"step": self.state.step, "metric": self.config.metric_for_best,
                 "value": self.state.best_metric, "metrics": dict(metrics)}
         (tmp / "best.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
