@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Union
 
 PARTIAL_SUFFIX = ".partial"
+# Written into every folder output_folder moves into place: --overwrite replaces only folders
+# that hold it (or are empty), so `--out ~ --overwrite` cannot replace a home directory.
+MARKER = ".bertkit-output"
 # What a command reads: option -> path, or (option, path) pairs when an option repeats.
 Inputs = Union[Mapping[str, Union[str, os.PathLike, None]],
                Iterable[tuple[str, Union[str, os.PathLike, None]]]]
@@ -101,8 +104,14 @@ def _check_existing(out: Path, staging: Path, *, overwrite: bool, resuming_out: 
         return
     if not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    if not any(out.iterdir()) or overwrite or resuming_out:
+    if not any(out.iterdir()) or resuming_out:
         return
+    if overwrite and (out / MARKER).is_file():
+        return
+    if overwrite:
+        raise ValueError(f"--out {out} holds files bertkit did not write ({_listing(out)}): "
+                         "--overwrite replaces only folders bertkit wrote; choose a new folder, "
+                         "or move this one away yourself")
     if replaceable_marker and (out / replaceable_marker).is_file():
         return  # the command's own earlier output (e.g. a previous demo)
     resume_hint = f"continue its run with --resume {out}, " if resumable else ""
@@ -178,6 +187,8 @@ def output_folder(out: str | os.PathLike, *, inputs: Inputs,
     if staging.exists() and not resuming_staging:
         shutil.rmtree(staging)  # --overwrite: an abandoned run's leftovers
     staging.mkdir(parents=True, exist_ok=True)
+    (staging / MARKER).write_text("written by bertkit; --overwrite may replace this folder\n",
+                                  encoding="utf-8")
     try:
         yield staging
     except BaseException:

@@ -18,6 +18,7 @@ from bertkit.explain.subject import encode_input
 from bertkit.modeling.bert import (BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
                                    BertForSequenceClassification, BertForTokenClassification,
                                    BertModel)
+from bertkit.outputs import MARKER
 from bertkit.tasks import TASKS
 from bertkit.tasks.base import TaskSettings
 from bertkit.training.finetune import FinetuneConfig, run_finetuning
@@ -259,7 +260,8 @@ def test_batch_file_writes_a_page_per_example_and_an_index(heads, tmp_path):
     out = tmp_path / "pages"
     printed = run_explain_command(heads["classification"], file=str(batch), out=str(out),
                                   method="occlusion")
-    assert sorted(os.listdir(out)) == ["example-001.html", "example-002.html", "index.html"]
+    assert sorted(os.listdir(out)) == [MARKER, "example-001.html", "example-002.html",
+                                       "index.html"]
     assert "example-002.html" in (out / "index.html").read_text()
     assert printed.endswith(f"wrote 2 pages and {out / 'index.html'}")
 

@@ -15,7 +15,7 @@ import pytest
 
 from bertkit.cli import main as cli
 from bertkit.modeling.bert import BertForSequenceClassification
-from bertkit.outputs import check_not_input, output_folder
+from bertkit.outputs import MARKER, check_not_input, output_folder
 from bertkit.peft import apply_peft, save_adapter
 from tests.test_finetune import classification_records, tiny_model_folder, write_jsonl
 
@@ -85,6 +85,7 @@ def test_no_command_writes_over_its_input(folders, tmp_path, capsys):
 def test_a_failed_run_leaves_an_existing_folder_as_it_was(folders, tmp_path, capsys):
     existing = tmp_path / "existing"
     tiny_model_folder(existing)
+    (existing / MARKER).write_text("")  # as if bertkit wrote it: --overwrite may replace it
     before = tree_hashes(existing)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("one sentence here.\nanother one there.\n\nsecond document.\n")
@@ -148,6 +149,20 @@ def test_an_interrupted_run_is_kept_for_resume(folders, tmp_path, capsys):
     assert json.loads((out / "finetune.json").read_text())["steps"] == 3
 
 
+def test_overwrite_replaces_only_folders_bertkit_wrote(folders, tmp_path, capsys):
+    """`--out ~ --overwrite` must not replace a home directory: --overwrite replaces a folder
+    only when bertkit wrote it (its marker file is there)."""
+    home = tmp_path / "home"
+    (home / "photos").mkdir(parents=True)
+    (home / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 a cat")
+    before = tree_hashes(home)
+    assert cli(["finetune", "--task", "classification", "--model", folders["base"], "--train",
+                folders["train"], "--out", str(home), "--overwrite", *FAST]) == 2
+    assert "--overwrite replaces only folders bertkit wrote" in one_error_line(capsys, "finetune")
+    assert tree_hashes(home) == before and not (tmp_path / "home.partial").exists()
+    assert (Path(folders["clf"]) / MARKER).is_file()  # what bertkit writes carries the marker
+
+
 def test_guard_resolves_links_and_nesting(tmp_path):
     model = tmp_path / "m"
     model.mkdir()
@@ -164,16 +179,18 @@ def test_output_folder_replaces_as_a_whole_and_only_at_the_end(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / MARKER).write_text("")
     with pytest.raises(RuntimeError):
         with output_folder(out, inputs={}, overwrite=True) as staging:
             (staging / "new.txt").write_text("new")
             raise RuntimeError("the run failed")
-    assert tree_hashes(out) == {"old.txt": hashlib.sha256(b"old").hexdigest()}
+    assert tree_hashes(out) == {"old.txt": hashlib.sha256(b"old").hexdigest(),
+                                MARKER: hashlib.sha256(b"").hexdigest()}
     assert sorted(os.listdir(tmp_path)) == ["out"]
     with output_folder(out, inputs={}, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
         assert (out / "old.txt").exists()  # still there while the run works
-    assert sorted(os.listdir(out)) == ["new.txt"]
+    assert sorted(os.listdir(out)) == sorted(["new.txt", MARKER])
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
