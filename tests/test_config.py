@@ -1,5 +1,6 @@
 """BertConfig: HF config.json round trips (both ways, unknown keys kept) and validation messages."""
 
+import hashlib
 import json
 
 import pytest
@@ -201,10 +202,25 @@ def test_config_bounds_fail_fast_and_keep_unknown_keys(tmp_path):
 
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     path = write_json(tmp_path, {**TINY_JSON, "architectures": "BertModel"})
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
     assert main(["fill-mask", "--model", str(tmp_path), "a [MASK]"]) == 2
     err = capsys.readouterr().err
     assert err == (f"bertkit fill-mask: error: {path}: architectures must be a list of names "
                    "(strings), got 'BertModel' (a string)\n")
+    # the trial's other hostile values, through commands that read and commands that write
+    for change, field in (({"hidden_dropout_prob": "0.1"}, "hidden_dropout_prob"),
+                          ({"num_hidden_layers": 10**9}, "num_hidden_layers"),
+                          ({"id2label": ["a", "b"]}, "id2label")):
+        path = write_json(tmp_path, {**TINY_JSON, **change})
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+        for argv in (["embed", "--model", str(tmp_path), "text"],
+                     ["quantize", "--model", str(tmp_path), "--out", str(tmp_path.parent / "q")]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert len(err.splitlines()) == 1 and f"{path}: {field}" in err, err
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+        assert not (tmp_path.parent / "q").exists()
 
 
 def test_non_utf8_config_names_the_file_and_line(tmp_path):

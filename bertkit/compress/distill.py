@@ -40,12 +40,11 @@ from torch import nn
 
 from bertkit.checkpoint import unwrap_model
 from bertkit.compress.prune import compare_speed, folder_size
-from bertkit.config import MODEL_SIZES, BertConfig
+from bertkit.config import MODEL_SIZES, SETTINGS_PREFIX, BertConfig
 from bertkit.data.tasks import PaddingCollator
 from bertkit.modeling.bert import BertForSequenceClassification, ClassifierOutput
 from bertkit.outputs import output_folder
 from bertkit.peft import is_adapter_folder
-from bertkit.tasks.base import SETTINGS_PREFIX
 from bertkit.tasks.evaluate import load_split, metrics_for_json, split_metrics, write_json
 from bertkit.tasks.folder import TaskFolder, folder_task, open_task_folder
 from bertkit.training.run import TrainingPlan, train_to_best
