@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bertkit import BertForSequenceClassification, Tokenizer
-    from bertkit.compress.quantize import _data_probe, probe_batch, quantize_model
+    from bertkit.compress.quantize import data_probe, probe_batch, quantize_model
     from bertkit.inference import load_for_inference
 
     if args.model:
@@ -64,7 +64,7 @@ def main() -> None:
         tokenizer = Tokenizer.from_pretrained(folder)
         name = "all-MiniLM-L6-v2 + fresh 9-class head"
     if args.data:
-        probe, _ = _data_probe(args.model, args.data, 16)
+        probe, _ = data_probe(args.model, args.data, 16)
     else:
         probe = probe_batch(tokenizer)
     quantized, report = quantize_model(model, probe, args.max_layer_error)

@@ -26,7 +26,7 @@ from bertkit.modeling.bert import BertForMaskedLM, BertModel
 from bertkit.outputs import check_output_folder, output_folder
 from bertkit.peft import ALL_LINEAR, DEFAULT_LR, merge_lora
 from bertkit.serve import ServeConfig, run_server
-from bertkit.tasks import TaskSettings
+from bertkit.tasks import TASKS, TaskSettings
 from bertkit.tasks.evaluate import evaluate_folder, print_report
 from bertkit.tasks.folder import folder_task
 from bertkit.tasks.predict import predict_folder
@@ -402,7 +402,31 @@ def _training_config(args: argparse.Namespace, **overrides):
         eval_every=args.eval_every, save_every=args.save_every, keep_last=keep_last,
         log_every=args.log_every,
         mixed_precision=args.mixed_precision, device=args.device, seed=args.seed,
-        progress_bar=not args.no_progress, **overrides)
+        progress_bar=not args.no_progress, **_regularisation_options(args), **overrides)
+
+
+def _regularisation_options(args: argparse.Namespace) -> dict:
+    """The TrainingConfig fields of add_regularisation_args (only finetune has them)."""
+    names = ("adversarial", "adversarial_epsilon", "adversarial_steps", "adversarial_alpha",
+             "layer_lr_decay")
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def add_regularisation_args(p: argparse.ArgumentParser) -> None:
+    """Fine-tuning recipe options: adversarial training and layer-wise lr decay."""
+    g = p.add_argument_group("regularisation")
+    g.add_argument("--adversarial", choices=["fgm", "pgd"],
+                   help="train on the clean loss and on word-embedding perturbations that raise "
+                        "it most: fgm (one step, 2x the compute) or pgd (--adversarial-steps "
+                        "projected steps, steps+1 x the compute)")
+    g.add_argument("--adversarial-epsilon", type=float, default=1.0,
+                   help="L2 radius of each example's perturbation")
+    g.add_argument("--adversarial-steps", type=int, default=3, help="PGD ascent steps")
+    g.add_argument("--adversarial-alpha", type=float,
+                   help="PGD step size (default 2.5 x epsilon / steps)")
+    g.add_argument("--layer-lr-decay", type=float,
+                   help="multiply the lr by this per layer below the head (e.g. 0.9: the "
+                        "embeddings learn least); default: one lr for all")
 
 
 # ---------------------------------------------------------------------------- parser
@@ -495,7 +519,7 @@ def _add_finetune_command(commands) -> None:
                             "task head (or train a seq2seq Transformer for translation); keeps the "
                             "best checkpoint on dev and writes metrics.json.")
     p.add_argument("--task", required=True, help="what to fine-tune for",
-                   choices=["classification", "regression", "ner", "qa", "translation"])
+                   choices=[*TASKS, "translation"])
     p.add_argument("--model", help="HF BERT folder to start from (translation: optional; a "
                    "seq2seq folder continues it, a BERT folder initialises the encoder)")
     p.add_argument("--train", required=True, help="classification/regression: .csv/.tsv/.jsonl; "
@@ -511,6 +535,7 @@ def _add_finetune_command(commands) -> None:
     p.add_argument("--metric", help="metric that picks the best checkpoint (default: accuracy, "
                    "pearson, f1, f1, bleu)")
     add_training_args(p, lr=None, batch_size=32, warmup_ratio=0.1, epochs="3; translation 10")
+    add_regularisation_args(p)
     p.set_defaults(schedule=None)
     g = p.add_argument_group("parameter-efficient fine-tuning (the output folder holds only the "
                              "method's weights and the task head)")

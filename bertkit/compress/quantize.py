@@ -270,7 +270,7 @@ def _weights_size(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in weights)
 
 
-def _data_probe(model_dir: str, data: str, n: int) -> tuple[dict[str, torch.Tensor], Task]:
+def data_probe(model_dir: str, data: str, n: int) -> tuple[dict[str, torch.Tensor], Task]:
     """A probe batch of ``n`` items spread over a task data file, encoded as evaluation
     encodes it (so NER/QA items look as the model will see them). Returns (batch, task)."""
     opened = open_task_folder(model_dir, "cpu")
@@ -320,7 +320,7 @@ def quantize_folder(model_dir: str, out_dir: str, data: str | None = None,
         raise ValueError(f"{model_dir} is already quantized; quantize the fp32 folder instead")
     model, tokenizer = load_for_inference(model_dir, device="cpu")
     if data is not None:
-        batch, task = _data_probe(model_dir, data, probe_size)
+        batch, task = data_probe(model_dir, data, probe_size)
     else:
         batch = probe_batch(tokenizer, n=probe_size,
                             max_length=min(128, config.max_position_embeddings))

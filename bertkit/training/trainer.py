@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from bertkit.checkpoint import unwrap_model
 from bertkit.modeling.bert import IGNORE_INDEX  # the padding of collected predictions/labels
 from bertkit.outputs import as_user_file
+from bertkit.training.adversarial import ADVERSARIAL_METHODS, Adversary
 from bertkit.training.logs import CURVES_FILE, RunLogger, plot_curves
 
 STATE_FILE = "trainer_state.pt"
@@ -137,6 +138,12 @@ class TrainingConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     max_grad_norm: float | None = 1.0
+    layer_lr_decay: float | None = None   # lr x decay^(layers above): embeddings learn least
+    # adversarial training on the word embeddings (training/adversarial.py)
+    adversarial: str | None = None        # "fgm" | "pgd"
+    adversarial_epsilon: float = 1.0      # radius of the per-example perturbation
+    adversarial_steps: int = 3            # PGD ascent steps
+    adversarial_alpha: float | None = None  # PGD step size (default 2.5 * epsilon / steps)
     # schedule
     schedule: str = "linear"
     warmup_steps: int = 0
@@ -212,6 +219,16 @@ class TrainingConfig:
             fail("max_grad_norm", "must be positive or None")
         if self.time_budget is not None:
             self.time_budget = parse_duration(self.time_budget)
+        if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
+            fail("layer_lr_decay", "must be in (0, 1] or None")
+        if self.adversarial is not None and self.adversarial not in ADVERSARIAL_METHODS:
+            fail("adversarial", f"must be one of {ADVERSARIAL_METHODS} or None")
+        if not self.adversarial_epsilon > 0:
+            fail("adversarial_epsilon", "must be positive")
+        if not is_int(self.adversarial_steps) or self.adversarial_steps < 1:
+            fail("adversarial_steps", "must be a positive integer")
+        if self.adversarial_alpha is not None and not self.adversarial_alpha > 0:
+            fail("adversarial_alpha", "must be positive or None")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,15 +290,57 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")  # encoder layer i in a parameter's name
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """How deep parameter ``name`` sits: 0 for the embeddings, i + 1 for encoder layer i
+    (``...layers.<i>.`` or ``...layer.<i>.`` in its name), ``num_layers + 1`` for the rest
+    (pooler and task heads)."""
+    if re.search(r"(^|\.)embeddings\.", name):
+        return 0
+    match = _LAYER_INDEX.search(name)
+    return int(match.group(1)) + 1 if match else num_layers + 1
+
+
+def layer_decayed_groups(groups: list[dict[str, Any]], lr: float,
+                         decay: float) -> list[dict[str, Any]]:
+    """Split :func:`param_groups` by depth, each with ``lr * decay ** (top - depth)``
+    (layer-wise learning-rate decay, as ELECTRA and Sun et al., 2019 fine-tune BERT: the
+    general lower layers move least). The head's group comes first, so the logged lr (group
+    0's) is the base lr."""
+    names = [name for group in groups for name in group["param_names"]]
+    indices = [int(m.group(1)) for m in map(_LAYER_INDEX.search, names) if m]
+    num_layers = max(indices, default=-1) + 1
+    top = num_layers + 1
+    split: dict[tuple[int, float], dict[str, Any]] = {}
+    for group in groups:
+        for name, param in zip(group["param_names"], group["params"]):
+            depth = layer_depth(name, num_layers)
+            key = (depth, group["weight_decay"])
+            split.setdefault(key, {"params": [], "param_names": [],
+                                   "weight_decay": group["weight_decay"],
+                                   "lr": lr * decay ** (top - depth)})
+            split[key]["params"].append(param)
+            split[key]["param_names"].append(name)
+    return [split[key] for key in sorted(split, key=lambda k: (-k[0], -k[1]))]
+
+
 def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, fused when the parameters' device and dtype allow it
-    (on these CPUs the fused kernel is ~40x faster than the per-parameter loop)."""
-    groups = param_groups(model, config.weight_decay)
+    """AdamW over :func:`param_groups` (split by depth with ``layer_lr_decay``), fused when
+    the parameters' device and dtype allow it (on these CPUs the fused kernel is ~40x faster
+    than the per-parameter loop)."""
+    def groups() -> list[dict[str, Any]]:
+        plain = param_groups(model, config.weight_decay)
+        if config.layer_lr_decay is None:
+            return plain
+        return layer_decayed_groups(plain, config.lr, config.layer_lr_decay)
+
     kwargs = dict(lr=config.lr, betas=config.adam_betas, eps=config.adam_eps)
     try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        return torch.optim.AdamW(groups(), fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # device/dtype without a fused kernel
-        return torch.optim.AdamW(param_groups(model, config.weight_decay), **kwargs)
+        return torch.optim.AdamW(groups(), **kwargs)
 
 
 class LRSchedule:
@@ -1035,6 +1094,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, [self.schedule] * len(self.optimizer.param_groups))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._adversary = (Adversary(self.model, config.adversarial, config.adversarial_epsilon,
+                                     config.adversarial_steps, config.adversarial_alpha)
+                           if config.adversarial else None)
 
     def _apply_lr(self) -> None:
         """Set the optimizer's lr for the next update from the schedule (after its plan changed)."""
@@ -1109,19 +1171,7 @@ class Trainer:
                                  f"as forward(**batch)), got {type(batch).__name__}")
             tokens += _count_tokens(batch)
             batch = _to_device(batch, self.device)
-            # DDP all-reduces gradients in every backward unless told not to; only the last
-            # micro-batch of an update needs the averaged gradients, so the others skip it.
-            skip_sync = self._ddp is not None and micro < k - 1
-            with self._ddp.no_sync() if skip_sync else contextlib.nullcontext():
-                with torch.autocast(self.device.type, dtype=self._autocast_dtype,
-                                    enabled=self.precision != "no"):
-                    output = self._forward(**batch)
-                # Each micro-batch's mean loss counts 1/k: k equal-size micro-batches give the
-                # mean over all their examples, and DDP then averages over ranks, so the
-                # update equals one batch of the combined size.
-                loss = _loss_of(output, batch) / k
-                self.scaler.scale(loss).backward()
-            loss_sum += loss.detach().float()
+            loss_sum += self._backward_micro_batch(batch, k, last=micro == k - 1).float()
 
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)  # true gradients for clipping and the hook
@@ -1137,6 +1187,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss_sum, "tokens": tokens, "lr": lr, "grad_norm": grad_norm,
                 "stop": stop}
+
+    def _backward_micro_batch(self, batch: Mapping[str, Any], k: int, last: bool) -> torch.Tensor:
+        """Forward and backward of one of the update's ``k`` micro-batches (with the
+        adversarial passes when configured); returns its detached loss share."""
+        def forward(model: nn.Module) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=self._autocast_dtype,
+                                enabled=self.precision != "no"):
+                output = model(**batch)
+            # Each micro-batch's mean loss counts 1/k: k equal-size micro-batches give the
+            # mean over all their examples, and DDP then averages over ranks, so the
+            # update equals one batch of the combined size.
+            return _loss_of(output, batch) / k
+
+        def forward_backward(final: bool) -> torch.Tensor:
+            # DDP all-reduces gradients in every backward unless told not to; only the last
+            # backward of an update needs the averaged gradients, so the others skip it.
+            skip_sync = self._ddp is not None and not (last and final)
+            with self._ddp.no_sync() if skip_sync else contextlib.nullcontext():
+                loss = forward(self._forward)
+                self.scaler.scale(loss).backward()
+            return loss.detach()
+
+        if self._adversary is None:
+            return forward_backward(True)
+        # The attack's inner passes run the bare model: they take gradients with respect to
+        # the perturbation only, which a DDP forward (expecting a backward) must not see.
+        return self._adversary.backward(forward_backward, lambda: forward(self.model))
 
     @property
     def _autocast_dtype(self) -> torch.dtype:
