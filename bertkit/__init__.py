@@ -12,11 +12,18 @@ task, with ``compute_metrics``, ``evaluate`` and ``predict``), the collators in
 """
 
 from bertkit.api import TaskModel, finetune, load, serving_app
-from bertkit.config import BertConfig
+from bertkit.config import (AlbertConfig, BertConfig, DistilBertConfig, LongformerConfig,
+                            RobertaConfig)
 from bertkit.modeling.bert import (BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
                                    BertForSequenceClassification, BertForTokenClassification,
                                    BertModel)
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import BPETokenizer, Tokenizer
+# The BERT family (issue 18): importing the modules registers each family's classes, so that
+# BertFor*.from_pretrained on a RoBERTa / DistilBERT / ALBERT folder builds that family's class.
+from bertkit.modeling.albert import AlbertForMaskedLM, AlbertForPreTraining, AlbertModel
+from bertkit.modeling.distilbert import DistilBertForMaskedLM, DistilBertModel
+from bertkit.modeling.longformer import LongformerForMaskedLM, LongformerModel
+from bertkit.modeling.roberta import RobertaForMaskedLM, RobertaModel
 from bertkit.training.finetune import FinetuneResult
 from bertkit.training.trainer import EvalPrediction, PredictionOutput, Trainer, TrainingConfig
 from bertkit.version import __version__
@@ -25,4 +32,7 @@ __all__ = ["BertConfig", "Tokenizer", "BertModel", "BertForPreTraining", "BertFo
            "BertForSequenceClassification", "BertForTokenClassification",
            "BertForQuestionAnswering", "finetune", "load", "serving_app", "TaskModel",
            "FinetuneResult", "Trainer", "TrainingConfig", "EvalPrediction", "PredictionOutput",
-           "__version__"]
+           "__version__", "BPETokenizer", "RobertaConfig", "DistilBertConfig", "AlbertConfig",
+           "RobertaModel", "RobertaForMaskedLM", "DistilBertModel", "DistilBertForMaskedLM",
+           "AlbertModel", "AlbertForMaskedLM", "AlbertForPreTraining", "LongformerConfig",
+           "LongformerModel", "LongformerForMaskedLM"]

@@ -90,7 +90,8 @@ def from_hf_name(name: str) -> str:
 _IGNORED_HF_KEYS = re.compile(r"(^|\.)embeddings\.position_ids$|^cls\.predictions\.decoder\.(weight|bias)$")
 # Keys of BERT heads other than the one being loaded: legitimately unused when, e.g., a
 # pretraining checkpoint is loaded to fine-tune a classifier.
-_OTHER_HEAD_KEYS = re.compile(r"^(cls\.|classifier\.|qa_outputs\.|bert\.pooler\.|pooler\.)")
+_OTHER_HEAD_KEYS = re.compile(r"^(cls\.|classifier\.|pre_classifier\.|qa_outputs\.|bert\.pooler\.|"
+                              r"pooler\.)")
 
 
 # ---------------------------------------------------------------------------- pruned heads
@@ -269,7 +270,8 @@ class LoadReport:
 def model_key(hf_key: str, model_has_bert_prefix: bool) -> str:
     """Map an HF checkpoint key to the model's key, adding or removing the ``bert.`` prefix
     (a base BertModel checkpoint has no prefix, a head checkpoint has one)."""
-    if model_has_bert_prefix and not re.match(r"^(bert\.|cls\.|classifier\.|qa_outputs\.)", hf_key):
+    if model_has_bert_prefix and not re.match(r"^(bert\.|cls\.|(pre_)?classifier\.|qa_outputs\.)",
+                                              hf_key):
         hf_key = "bert." + hf_key
     elif not model_has_bert_prefix and hf_key.startswith("bert."):
         hf_key = hf_key[len("bert."):]
@@ -293,6 +295,7 @@ def load_state_dict_into(model: nn.Module, hf_state: dict[str, torch.Tensor],
     """
     own = model.state_dict()
     has_prefix = has_bert_prefix(own)
+    hf_state = family_to_bert_state(hf_state, getattr(model, "config", None))  # RoBERTa ... names
     hf_state = shrink_pruned_heads(hf_state, getattr(model, "config", None))
     report = LoadReport()
     loaded: set[str] = set()
@@ -347,7 +350,7 @@ def load_model(cls: type, folder: str | os.PathLike, strict: bool = True, verbos
         config.label2id = {v: k for k, v in config.id2label.items()}
     config.__post_init__()
     model = cls(config)
-    state = read_state_dict(folder)
+    state = family_to_bert_state(read_state_dict(folder), config)
     if "quantization_config" in config.extra:  # int8 folder: load int8 modules, never fp32 ones
         has_prefix = has_bert_prefix(model.state_dict())
         prepare_int8_model(model, config.extra["quantization_config"], state,
@@ -370,7 +373,8 @@ def hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for key, tensor in model.state_dict().items():
         out[to_hf_name(key)] = tensor.detach().contiguous()
-    return expand_pruned_heads(out, getattr(model, "config", None))
+    config = getattr(model, "config", None)
+    return bert_to_family_state(expand_pruned_heads(out, config), config)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -394,3 +398,211 @@ def save_model(model: nn.Module, folder: str | os.PathLike) -> None:
     config.save_pretrained(folder)
     save_file(hf_state_dict(model), os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
     as_user_file(os.path.join(folder, WEIGHTS_NAME))
+
+
+# ---------------------------------------------------------------------------- BERT family (issue 18)
+# RoBERTa, DistilBERT and ALBERT folders name BERT's tensors their own way. Loading renames a
+# family's keys to BERT's HF keys (then the table above applies); saving renames back. Each
+# family is a prefix (``roberta.`` where BERT has ``bert.``) and renames of the rest of a key,
+# (family, BERT) templates where {i} is a layer index; ALBERT's layers are
+# ``albert_layer_groups.{g}.albert_layers.{j}``, layer g * inner_group_num + j of bertkit's
+# distinct layers. Keys matching ``ignored`` are the tied output matrices (and their bias
+# copy): the model uses the word embeddings. Renaming twice must change nothing (loading renames
+# before the int8 check and again in load_state_dict_into).
+@dataclass(frozen=True)
+class FamilyNames:
+    prefix: str
+    renames: tuple[tuple[str, str], ...] = ()
+    ignored: str = "$^"
+
+
+_LAYER = "encoder.layer.{i}."
+FAMILY_NAMES = {
+    "roberta": FamilyNames("roberta.", (
+        ("lm_head.dense.", "cls.predictions.transform.dense."),
+        ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+        ("lm_head.bias", "cls.predictions.bias")), ignored=r"^lm_head\.decoder\."),
+    "distilbert": FamilyNames("distilbert.", (
+        ("transformer.layer.{i}.attention.q_lin.", _LAYER + "attention.self.query."),
+        ("transformer.layer.{i}.attention.k_lin.", _LAYER + "attention.self.key."),
+        ("transformer.layer.{i}.attention.v_lin.", _LAYER + "attention.self.value."),
+        ("transformer.layer.{i}.attention.out_lin.", _LAYER + "attention.output.dense."),
+        ("transformer.layer.{i}.sa_layer_norm.", _LAYER + "attention.output.LayerNorm."),
+        ("transformer.layer.{i}.ffn.lin1.", _LAYER + "intermediate.dense."),
+        ("transformer.layer.{i}.ffn.lin2.", _LAYER + "output.dense."),
+        ("transformer.layer.{i}.output_layer_norm.", _LAYER + "output.LayerNorm."),
+        ("vocab_transform.", "cls.predictions.transform.dense."),
+        ("vocab_layer_norm.", "cls.predictions.transform.LayerNorm."),
+        ("vocab_projector.bias", "cls.predictions.bias")), ignored=r"^vocab_projector\.weight$"),
+    "albert": FamilyNames("albert.", tuple(
+        (f"encoder.albert_layer_groups.{{g}}.albert_layers.{{j}}.{ours}", _LAYER + bert)
+        for ours, bert in (("attention.query.", "attention.self.query."),
+                           ("attention.key.", "attention.self.key."),
+                           ("attention.value.", "attention.self.value."),
+                           ("attention.dense.", "attention.output.dense."),
+                           ("attention.LayerNorm.", "attention.output.LayerNorm."),
+                           ("ffn_output.", "output.dense."), ("ffn.", "intermediate.dense."),
+                           ("full_layer_layer_norm.", "output.LayerNorm."))) + (
+        ("encoder.embedding_hidden_mapping_in.", "encoder.embedding_projection."),
+        ("pooler.weight", "pooler.dense.weight"), ("pooler.bias", "pooler.dense.bias"),
+        ("predictions.dense.", "cls.predictions.transform.dense."),
+        ("predictions.LayerNorm.", "cls.predictions.transform.LayerNorm."),
+        ("predictions.bias", "cls.predictions.bias"),
+        ("sop_classifier.classifier.", "cls.seq_relationship.")),
+        ignored=r"^predictions\.decoder\."),
+    # Longformer: RoBERTa's names, plus each layer's global projections (bertkit's own names:
+    # BERT has none to rename them to).
+    "longformer": FamilyNames("longformer.", tuple(
+        (f"encoder.layer.{{i}}.attention.self.{proj}_global.",
+         f"encoder.layers.{{i}}.attention.{proj}_global.")
+        for proj in ("query", "key", "value")) + (
+        ("lm_head.dense.", "cls.predictions.transform.dense."),
+        ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+        ("lm_head.bias", "cls.predictions.bias")), ignored=r"^lm_head\.decoder\."),
+}
+
+
+def _family_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template)
+    for name in "igj":
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
+    return re.compile("^" + pattern)
+
+
+def _family_rename(rest: str, rules: tuple[tuple[str, str], ...], to_bert: bool,
+                   inner: int) -> str:
+    """Apply the first matching (family, BERT) template, computing ALBERT's layer index."""
+    for family, bert in rules:
+        source, target = (family, bert) if to_bert else (bert, family)
+        match = _family_regex(source).match(rest)
+        if not match:
+            continue
+        found = {k: int(v) for k, v in match.groupdict().items()}
+        if "g" in found:  # ALBERT -> BERT: one index over the groups' layers
+            found = {"i": found["g"] * inner + found["j"]}
+        elif "i" in found and "{g}" in target:  # BERT -> ALBERT
+            found = dict(zip("gj", divmod(found["i"], inner)))
+        return target.format(**found) + rest[match.end():]
+    return rest
+
+
+def family_to_bert_state(hf_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """A RoBERTa / DistilBERT / ALBERT checkpoint's keys -> BERT's HF keys (other families'
+    and BERT's own keys unchanged; the tied output matrices dropped)."""
+    names = FAMILY_NAMES.get(getattr(config, "model_type", None))
+    if names is None:
+        return hf_state
+    inner = getattr(config, "inner_group_num", 1)
+    out = {}
+    for key, tensor in hf_state.items():
+        prefixed = key.startswith(names.prefix)
+        rest = key[len(names.prefix):] if prefixed else key
+        if re.search(names.ignored, rest):
+            continue
+        out[("bert." if prefixed else "") + _family_rename(rest, names.renames, True, inner)] = tensor
+    return out
+
+
+def bert_to_family_state(hf_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`family_to_bert_state`, for saving a family's folder."""
+    names = FAMILY_NAMES.get(getattr(config, "model_type", None))
+    if names is None:
+        return hf_state
+    inner = getattr(config, "inner_group_num", 1)
+    out = {}
+    for key, tensor in hf_state.items():
+        prefixed = key.startswith("bert.")
+        rest = key[len("bert."):] if prefixed else key
+        out[(names.prefix if prefixed else "") + _family_rename(rest, names.renames, False,
+                                                                inner)] = tensor
+    return out
+
+
+# ---------------------------------------------------------------------------- GPT-2 (issue 19)
+# transformers' GPT-2 keeps its projections as Conv1D modules, whose weight is (in, out): the
+# transpose of a Linear's. The attention's query/key/value are one fused Conv1D ``c_attn``
+# (H, 3H); bertkit's attention has three Linears. So GPT-2 names are not a rename table: the
+# two functions below split/fuse and transpose.
+_GPT2_LAYER = re.compile(r"^(?:transformer\.)?h\.(?P<i>\d+)\.(?P<rest>.+)$")
+_GPT2_SIMPLE = {"ln_1.": "attention_norm.", "ln_2.": "ffn_norm."}
+_GPT2_CONV1D = {"attn.c_proj.": "attention_output.", "mlp.c_fc.": "ffn.up.",
+                "mlp.c_proj.": "ffn.down."}
+_GPT2_TOP = {"wte.weight": "embeddings.word_embeddings.weight",
+             "wpe.weight": "embeddings.position_embeddings.weight",
+             "ln_f.weight": "final_norm.weight", "ln_f.bias": "final_norm.bias"}
+# Keys of old transformers GPT-2 checkpoints that hold no weights (the causal mask buffers),
+# and the output matrix, tied to wte (the model uses wte).
+_GPT2_IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$|^lm_head\.weight$")
+
+
+def gpt2_from_hf_state(hf_state: dict[str, torch.Tensor], num_layers: int,
+                       where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A transformers GPT-2 state dict (``GPT2LMHeadModel`` or ``GPT2Model`` keys) -> bertkit
+    :class:`~bertkit.modeling.gpt.GPT2LMHeadModel` keys. A key of nothing GPT-2 has is a
+    ValueError naming it and ``where``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in hf_state.items():
+        if _GPT2_IGNORED.search(key):
+            continue
+        bare = key[len("transformer."):] if key.startswith("transformer.") else key
+        if bare in _GPT2_TOP:
+            out[_GPT2_TOP[bare]] = tensor
+            continue
+        match = _GPT2_LAYER.match(key)
+        mapped = _gpt2_layer_from_hf(match["rest"], tensor) if match else None
+        if mapped is None or int(match["i"]) >= num_layers:
+            raise ValueError(f"{where}: {key} is not a weight of a {num_layers}-layer GPT-2")
+        for name, value in mapped.items():
+            out[f"layers.{match['i']}.{name}"] = value
+    return out
+
+
+def _gpt2_layer_from_hf(rest: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    for hf, ours in _GPT2_SIMPLE.items():
+        if rest.startswith(hf):
+            return {ours + rest[len(hf):]: tensor}
+    for hf, ours in _GPT2_CONV1D.items():
+        if rest.startswith(hf):
+            kind = rest[len(hf):]
+            return {ours + kind: tensor.t().contiguous() if kind == "weight" else tensor}
+    if rest in ("attn.c_attn.weight", "attn.c_attn.bias"):
+        kind = rest.rsplit(".", 1)[1]
+        fused = tensor.t() if kind == "weight" else tensor       # (3H, H) or (3H,)
+        query, key, value = fused.chunk(3, dim=0)
+        return {f"attention.{name}.{kind}": part.contiguous()
+                for name, part in (("query", query), ("key", key), ("value", value))}
+    return None
+
+
+def gpt2_to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """bertkit GPT-2 keys -> transformers ``GPT2LMHeadModel`` keys (Conv1D weights
+    transposed, query/key/value fused into ``c_attn``; the tied ``lm_head.weight`` is not
+    written: transformers ties it to ``wte`` on load)."""
+    top = {ours: hf for hf, ours in _GPT2_TOP.items()}
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach()
+        if key in top:
+            out["transformer." + top[key]] = tensor.contiguous()
+            continue
+        match = re.match(r"^layers\.(?P<i>\d+)\.(?P<rest>.+)$", key)
+        if match is None:
+            raise ValueError(f"{key} is not a GPT-2 weight")
+        prefix, rest = f"transformer.h.{match['i']}.", match["rest"]
+        qkv = re.match(r"^attention\.(query|key|value)\.(weight|bias)$", rest)
+        if qkv:
+            fused.setdefault(prefix + "attn.c_attn." + qkv[2], {})[qkv[1]] = tensor
+            continue
+        for hf, ours in {**_GPT2_SIMPLE, **_GPT2_CONV1D}.items():
+            if rest.startswith(ours):
+                kind = rest[len(ours):]
+                conv = hf in _GPT2_CONV1D and kind == "weight"
+                out[prefix + hf + kind] = (tensor.t() if conv else tensor).contiguous()
+                break
+        else:
+            raise ValueError(f"{key} is not a GPT-2 weight")
+    for hf_key, parts in fused.items():
+        joined = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)  # (3H, H) / (3H,)
+        out[hf_key] = (joined.t() if hf_key.endswith("weight") else joined).contiguous()
+    return out

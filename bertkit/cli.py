@@ -20,19 +20,31 @@ from bertkit.data.corpus import default_pretraining_corpus
 from bertkit.data.pretraining import prepare_corpus
 from bertkit.explain import DEFAULT_STEPS, METHODS, run_explain_command
 from bertkit.demo import run_demo
-from bertkit.inference import embed, fill_mask, load_for_inference
+from bertkit.inference import embed, fill_mask, load_for_inference, load_sentence_encoder
 from bertkit.jsonfile import read_json_object
-from bertkit.modeling.bert import BertForMaskedLM, BertModel
+from bertkit.modeling.bert import BertForMaskedLM, bert_class_name
+from bertkit.modeling.pooling import POOLING_MODES
 from bertkit.outputs import check_output_folder, output_folder
 from bertkit.peft import ALL_LINEAR, DEFAULT_LR, merge_lora
+from bertkit.search import run_index_command, run_search_command
+from bertkit.search.index import DEFAULT_CHUNK_SIZE, EF_SEARCH
 from bertkit.serve import ServeConfig, run_server
+from bertkit.serve.monitor import MonitorConfig, run_monitor
+from bertkit.serve.ray import RayOptions, run_ray_server
 from bertkit.tasks import TASKS, TaskSettings
 from bertkit.tasks.evaluate import evaluate_folder, print_report
 from bertkit.tasks.folder import folder_task
 from bertkit.tasks.predict import predict_folder
-from bertkit.tokenizer import Tokenizer
+from bertkit.tokenizer import BPETokenizer, Tokenizer
+from bertkit.training.augment import AugmentConfig, augment_file
+from bertkit.training.causal_lm import CausalLMConfig, run_causal_pretraining
+from bertkit.training.dialogue import DialogueConfig, chat, run_dialogue
 from bertkit.training.finetune import FinetuneConfig, run_finetuning
+from bertkit.training.generate import DEFAULT_MAX_NEW_TOKENS, generate_command
 from bertkit.training.pretrain import PretrainConfig, run_pretraining, shard_cache_dir
+from bertkit.training.seeds import parse_seeds, run_seeds
+from bertkit.training.summarization import (run_summarization, summarization_config,
+                                            summarize_command)
 from bertkit.training.trainer import TrainingConfig
 from bertkit.training.translation import (TranslationConfig, evaluate_translation,
                                           run_translation, translate_folder)
@@ -60,16 +72,18 @@ OVERWRITE_HELP = ("replace an existing non-empty --out (as a whole, at the end o
 
 # ---------------------------------------------------------------------------- commands
 def cmd_embed(args: argparse.Namespace) -> None:
-    model, tokenizer = load_for_inference(args.model, BertModel)
+    model, tokenizer, pooling = load_sentence_encoder(args.model)
     texts = _read_texts(args)
-    vectors = embed(model, tokenizer, texts, batch_size=args.batch_size, normalize=args.normalize)
+    vectors = embed(model, tokenizer, texts, batch_size=args.batch_size, normalize=args.normalize,
+                    pooling=pooling)
     for text, vector in zip(texts, vectors.tolist()):
         print(json.dumps({"text": text, "embedding": [round(v, 6) for v in vector]}))
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
     architectures = BertConfig.from_pretrained(args.model).architectures or []
-    if not {"BertForMaskedLM", "BertForPreTraining"} & set(architectures):
+    # A family's MLM head (RobertaForMaskedLM ...) is BERT's under another name.
+    if not {"BertForMaskedLM", "BertForPreTraining"} & {bert_class_name(a) for a in architectures}:
         raise ValueError(f"{args.model} has no masked-language-model head (architectures: "
                          f"{', '.join(architectures) or 'none'}); fill-mask needs a model saved as "
                          "BertForMaskedLM or BertForPreTraining, e.g. one from `bertkit pretrain`")
@@ -88,12 +102,18 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
     files = _corpus_files(args.corpus)
     inputs = [("--corpus", path) for path in files]
     check_output_folder(args.out, inputs=inputs, overwrite=args.overwrite)
-    tokenizer = Tokenizer.train(files, vocab_size=args.vocab_size, lowercase=not args.cased,
-                                min_frequency=args.min_frequency)
+    if args.bpe:
+        tokenizer = BPETokenizer.train(files, vocab_size=args.vocab_size,
+                                       min_frequency=args.min_frequency)
+    else:
+        tokenizer = Tokenizer.train(files, vocab_size=args.vocab_size, lowercase=not args.cased,
+                                    min_frequency=args.min_frequency)
     with output_folder(args.out, inputs=inputs, overwrite=args.overwrite) as staging:
         tokenizer.save_pretrained(staging)
-    print(f"trained a WordPiece vocab of {tokenizer.vocab_size} tokens on {len(files)} file(s); "
-          f"wrote {os.path.join(args.out, 'vocab.txt')}")
+    kind, written = ("byte-level BPE", "vocab.json, merges.txt") if args.bpe else (
+        "WordPiece", "vocab.txt")
+    print(f"trained a {kind} vocab of {tokenizer.vocab_size} tokens on {len(files)} file(s); "
+          f"wrote {written} in {args.out}")
     sample = "Tokenizers split unbelievably long words into pieces."
     print(f"example: {sample!r} -> {tokenizer.tokenize(sample)}")
 
@@ -119,11 +139,14 @@ def cmd_prepare_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    if args.model_type == "gpt":
+        return cmd_pretrain_gpt(args)
     cfg = PretrainConfig(
         corpus=_corpus_files(args.corpus), tokenizer=args.tokenizer, vocab_size=args.vocab_size,
         model_size=args.model_size, model_config=args.config, max_seq_length=args.max_seq_length,
-        nsp=not args.no_nsp, mask_prob=args.mask_prob, whole_word_mask=args.whole_word_mask,
-        short_seq_prob=args.short_seq_prob)
+        nsp=not args.no_nsp and args.model_type == "bert", mask_prob=args.mask_prob,
+        whole_word_mask=args.whole_word_mask, short_seq_prob=args.short_seq_prob,
+        model_type=args.model_type)
     result = run_pretraining(cfg, _training_config(args), resume_from=args.resume,
                              overwrite=args.overwrite)
     if result.train.checkpoint_dir is None:
@@ -140,27 +163,63 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"model folder: {result.out_dir} (metrics.json, metrics.jsonl, curves.png, tensorboard/)")
 
 
+def _default_lr(args: argparse.Namespace) -> float:
+    """finetune's learning rate when --lr is not given, by task (and PEFT method)."""
+    if args.task == "translation" or (args.task == "summarization" and args.model is None):
+        return 1e-3  # a seq2seq model from scratch needs ~1e-3
+    if args.task in ("summarization", "dialogue"):
+        return 1e-4
+    return DEFAULT_LR[args.peft] if args.peft else 5e-5
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     if args.schedule is None:
         args.schedule = "inverse_sqrt" if args.task == "translation" else "linear"
     if args.lr is None:
-        if args.task == "translation":
-            args.lr = 1e-3  # from scratch needs ~1e-3
-        elif args.peft:
-            args.lr = DEFAULT_LR[args.peft]
-        else:
-            args.lr = 5e-5
-    if args.task == "translation":
-        return cmd_finetune_translation(args)
+        args.lr = _default_lr(args)
+    generation = {"translation": cmd_finetune_translation,
+                  "summarization": cmd_finetune_summarization,
+                  "dialogue": cmd_finetune_dialogue}
+    if args.task in generation:
+        return generation[args.task](args)
     if args.model is None:
         raise ValueError(f"--task {args.task} needs --model (a BERT folder)")
     cfg = FinetuneConfig(task=args.task, model=args.model, train=args.train, dev=args.dev,
                          test=args.test, max_length=args.max_length, doc_stride=args.doc_stride,
                          max_answer_length=args.max_answer_length, patience=args.patience,
-                         metric=args.metric, peft=args.peft, peft_options=_peft_options(args))
+                         metric=args.metric, baseline=not args.no_baseline,
+                         augment=_augment_config(args, args.augment), replay=args.replay,
+                         replay_ratio=args.replay_ratio, old_test=args.old_test,
+                         pooling=args.pooling, normalize=args.normalize, scale=args.scale,
+                         peft=args.peft,
+                         peft_options=_peft_options(args))
+    if args.seeds:
+        if args.resume:
+            raise ValueError("--seeds runs every seed from the start: it cannot --resume")
+        seeds = run_seeds(cfg, _training_config(args, epochs=3.0), parse_seeds(args.seeds),
+                          overwrite=args.overwrite)
+        print(f"one model folder per seed under {seeds.out_dir} (seeds.json, seeds.txt)")
+        return
     result = run_finetuning(cfg, _training_config(args, epochs=3.0), resume_from=args.resume,
                             overwrite=args.overwrite)
     print(f"model folder: {result.out_dir} (metrics.json, report.txt, curves.png)")
+
+
+def _augment_config(args: argparse.Namespace, methods: str | None) -> AugmentConfig | None:
+    """The AugmentConfig of the augment options (None when no method is named)."""
+    if not methods:
+        return None
+    pair = args.backtranslate.split(",") if args.backtranslate else None
+    if pair is not None and len(pair) != 2:
+        raise ValueError(f"--backtranslate takes TO_DIR,BACK_DIR; got {args.backtranslate!r}")
+    return AugmentConfig(methods=tuple(m.strip() for m in methods.split(",")), n=args.augment_n,
+                         alpha=args.augment_alpha, seed=args.seed, mlm_model=args.mlm_model,
+                         top_k=args.mlm_top_k, backtranslate=tuple(pair) if pair else None,
+                         wordnet=args.wordnet)
+
+
+def cmd_augment(args: argparse.Namespace) -> None:
+    augment_file(args.input, args.out, _augment_config(args, args.method), args.overwrite)
 
 
 def _peft_options(args: argparse.Namespace) -> dict:
@@ -203,7 +262,7 @@ def cmd_finetune_translation(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     name = os.path.splitext(os.path.basename(args.data))[0]
-    output = os.path.join(args.model, f"eval_{name}.json")
+    output = args.out or os.path.join(args.model, f"eval_{name}.json")
     config_path = os.path.join(args.model, "config.json")
     is_seq2seq = False
     if os.path.isfile(config_path):  # (a PEFT adapter folder has adapter_config.json instead)
@@ -214,8 +273,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         metrics = evaluate_translation(args.model, args.data, output=output)
         print(json.dumps(metrics, indent=2))
     else:
-        metrics = evaluate_folder(args.model, args.data, output=output, runtime=args.runtime)
-        print_report(folder_task(args.model), metrics, name)
+        metrics = evaluate_folder(args.model, args.data, output=output, runtime=args.runtime,
+                                  task=args.task)
+        print_report(folder_task(args.model, task=args.task), metrics, name)
     print(f"wrote {output}")
 
 
@@ -249,7 +309,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    run_server(ServeConfig(
+    config = ServeConfig(
         model=args.model, host=args.host, port=args.port, workers=args.workers,
         runtime=args.runtime, device=args.device, api_keys_file=args.api_keys_file,
         insecure=args.insecure, batching=not args.no_batching, max_batch=args.max_batch,
@@ -258,7 +318,84 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes, graceful_timeout=args.graceful_timeout,
         max_queued_tokens=args.max_queued_tokens, request_timeout=args.request_timeout,
         allowed_hosts=args.allowed_hosts, explain_max_chars=args.explain_max_chars,
-        explain_max_steps=args.explain_max_steps, explain_max_queued=args.explain_max_queued))
+        explain_max_steps=args.explain_max_steps, explain_max_queued=args.explain_max_queued,
+        drift_window=args.drift_window, index=args.index)
+    if args.ray:
+        run_ray_server(config, RayOptions(
+            min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+            target_ongoing_requests=args.target_ongoing_requests,
+            replica_cpus=args.replica_cpus, address=args.ray_address))
+    else:
+        run_server(config)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    print(run_index_command(args.model, args.corpus, args.out, hnsw=args.hnsw,
+                            batch_size=args.batch_size, chunk_size=args.chunk_size,
+                            resume=args.resume, overwrite=args.overwrite, add=args.add,
+                            ef_search=args.ef_search, progress=not args.no_progress))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    print(run_search_command(args.index, _read_texts(args), args.top_k, rerank=args.rerank,
+                             candidates=args.candidates, model=args.model,
+                             ef_search=args.ef_search, as_json=args.json))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    generate_command(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
+                     do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    chat(args.model, max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+         repetition_penalty=args.repetition_penalty, seed=args.seed, system=args.system)
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    summarize_command(args.model, args.files, num_beams=args.num_beams,
+                      max_length=args.max_length, as_json=args.json)
+
+
+def cmd_pretrain_gpt(args: argparse.Namespace) -> None:
+    """`bertkit pretrain --model-type gpt`: a GPT-2 style LM on raw text."""
+    cfg = CausalLMConfig(corpus=_corpus_files(args.corpus), tokenizer=args.tokenizer,
+                         vocab_size=args.vocab_size, model_size=args.model_size,
+                         model_config=args.config, block_size=args.max_seq_length)
+    result = run_causal_pretraining(cfg, _training_config(args), resume_from=args.resume,
+                                    overwrite=args.overwrite)
+    print(f"model folder: {result.out_dir} (metrics.json, metrics.jsonl, curves.png); try: "
+          f"bertkit generate --model {result.out_dir} \"Return the\"")
+
+
+def cmd_finetune_summarization(args: argparse.Namespace) -> None:
+    """`bertkit finetune --task summarization`: BERT2BERT (or a new seq2seq) with ROUGE."""
+    cfg = summarization_config(
+        args.train, args.dev, args.test, model=args.model, tokenizer=args.tokenizer,
+        model_size=args.model_size, model_config=args.model_config, vocab_size=args.vocab_size,
+        lowercase=args.lowercase, max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length, num_beams=args.num_beams,
+        length_penalty=args.length_penalty, label_smoothing=args.label_smoothing,
+        dropout=args.dropout, decoder_layers=args.decoder_layers,
+        metric=args.metric or "rougeL", patience=args.patience)
+    result = run_summarization(cfg, _training_config(args, epochs=3.0), resume_from=args.resume,
+                               overwrite=args.overwrite)
+    print(f"model folder: {result.out_dir} (metrics.json with the lead baseline, curves.png)")
+
+
+def cmd_finetune_dialogue(args: argparse.Namespace) -> None:
+    """`bertkit finetune --task dialogue`: a GPT-2 folder on conversations (JSONL turns)."""
+    if args.model is None:
+        raise ValueError("--task dialogue needs --model (a GPT-2 folder, e.g. from "
+                         "`bertkit pretrain --model-type gpt`)")
+    result = run_dialogue(DialogueConfig(args.train, args.model, args.dev,
+                                         max_length=args.max_length),
+                          _training_config(args, epochs=3.0), resume_from=args.resume,
+                          overwrite=args.overwrite)
+    print(f"model folder: {result.out_dir} (metrics.json); try: bertkit chat --model "
+          f"{result.out_dir}")
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
@@ -276,7 +413,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     cfg = DistillConfig(teacher=args.teacher, train=args.train, dev=args.dev, test=args.test,
                         student_layers=args.student_layers, student_size=args.student_size,
                         temperature=args.temperature, alpha=args.alpha,
-                        hidden_weight=args.hidden_weight)
+                        hidden_weight=args.hidden_weight, student_family=args.student)
     run_distillation(cfg, _training_config(args, epochs=3.0), overwrite=args.overwrite)
 
 
@@ -363,6 +500,17 @@ def add_training_args(p: argparse.ArgumentParser, *, lr: float | None, batch_siz
                    "(OUT, or OUT.partial where an interrupted run is kept)")
     g.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_retrieval_args(p: argparse.ArgumentParser) -> None:
+    """The `finetune` options only `--task retrieval` reads."""
+    g = p.add_argument_group("retrieval (--task retrieval)")
+    g.add_argument("--pooling", choices=POOLING_MODES, default=None,
+                   help="mean|cls|max (default: the model folder's; mean for a plain BERT folder)")
+    g.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="unit-length vectors (default: the folder's)")
+    g.add_argument("--scale", type=float, default=20.0,
+                   help="ranking-loss scale on the cosines (1/temperature)")
 
 
 def add_translation_args(p: argparse.ArgumentParser) -> None:
@@ -464,7 +612,7 @@ def _add_fill_mask_command(commands) -> None:
 
 
 def _add_train_tokenizer_command(commands) -> None:
-    p = commands.add_parser("train-tokenizer", help="train a WordPiece vocab on text files",
+    p = commands.add_parser("train-tokenizer", help="train a WordPiece (or --bpe byte-level BPE) vocab",
                             description="Train a BERT WordPiece vocabulary and write a tokenizer folder.")
     p.add_argument("--corpus", nargs="+", required=True,
                    help="text files, or 'default' for the built-in standard-library corpus")
@@ -473,6 +621,8 @@ def _add_train_tokenizer_command(commands) -> None:
     p.add_argument("--min-frequency", type=int, default=2,
                    help="pieces seen fewer times are not kept")
     p.add_argument("--cased", action="store_true", help="keep case and accents")
+    p.add_argument("--bpe", action="store_true", help="byte-level BPE (RoBERTa: vocab.json + "
+                   "merges.txt, nothing unknown) instead of WordPiece")
     p.add_argument("--out", required=True, help="folder to write vocab.txt and tokenizer_config.json")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_train_tokenizer)
@@ -489,7 +639,7 @@ def _add_prepare_corpus_command(commands) -> None:
 
 
 def _add_pretrain_command(commands) -> None:
-    p = commands.add_parser("pretrain", help="pretrain BERT (MLM + NSP) on raw text",
+    p = commands.add_parser("pretrain", help="pretrain BERT (MLM + NSP), RoBERTa or a GPT LM on raw text",
                             description="Pretrain a BERT with masked language modelling and next-"
                                         "sentence prediction; writes an HF BertForPreTraining folder.")
     p.add_argument("--corpus", nargs="+", required=True,
@@ -503,6 +653,11 @@ def _add_pretrain_command(commands) -> None:
     p.add_argument("--max-seq-length", type=int, default=128,
                    help="tokens per example, special tokens included")
     p.add_argument("--no-nsp", action="store_true", help="full-sentence packing, MLM loss only")
+    p.add_argument("--model-type", choices=["bert", "roberta", "gpt"], default="bert",
+                   help="bert: WordPiece, MLM + NSP; roberta: byte-level BPE, MLM only, "
+                        "dynamic masking, full-sentence packing (NSP off); gpt: a GPT-2 style "
+                        "causal LM (next-token loss, documents packed into --max-seq-length "
+                        "blocks, held-out perplexity vs a unigram model; byte-level BPE)")
     p.add_argument("--mask-prob", type=float, default=0.15,
                    help="fraction of tokens masked for MLM (BERT: 0.15)")
     p.add_argument("--whole-word-mask", action="store_true",
@@ -513,17 +668,53 @@ def _add_pretrain_command(commands) -> None:
     p.set_defaults(func=cmd_pretrain)
 
 
+def add_augment_args(p: argparse.ArgumentParser, prefix: str) -> None:
+    """The options of the augmentation methods (``prefix``: "augment-" in finetune)."""
+    g = p.add_argument_group("augmentation (eda, synonym, mlm, backtranslate)")
+    g.add_argument(f"--{prefix}n", dest="augment_n", type=int, default=1,
+                   help="new examples per original and method")
+    g.add_argument(f"--{prefix}alpha", dest="augment_alpha", type=float, default=0.1,
+                   help="share of the words an operation changes")
+    g.add_argument("--mlm-model", help="mlm: a folder with a masked-LM head (e.g. from "
+                   "`bertkit pretrain`) whose top-k words replace masked words")
+    g.add_argument("--mlm-top-k", type=int, default=10, help="mlm: candidates sampled from")
+    g.add_argument("--backtranslate", metavar="TO_DIR,BACK_DIR",
+                   help="backtranslate: two translation folders, to a pivot language and back")
+    g.add_argument("--wordnet", metavar="DIR", help="eda/synonym: a WordNet database folder "
+                   "(default /usr/share/wordnet, Debian's wordnet-base; without it eda only "
+                   "swaps and deletes words)")
+
+
+def _add_augment_command(commands) -> None:
+    p = commands.add_parser("augment", help="new training examples that keep their labels",
+                            description="Write a classification file's examples followed by "
+                                        "augmented copies (EDA, WordNet synonyms, MLM "
+                                        "replacement, back-translation); labels are kept.")
+    p.add_argument("--in", dest="input", required=True, metavar="FILE",
+                   help="a classification .csv/.tsv/.jsonl file (single texts)")
+    p.add_argument("--out", required=True, help="the .jsonl file to write")
+    p.add_argument("--method", required=True, help="comma-separated: eda, synonym, mlm, "
+                   "backtranslate")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random choices")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_augment_args(p, prefix="")
+    p.set_defaults(func=cmd_augment)
+
+
 def _add_finetune_command(commands) -> None:
-    p = commands.add_parser("finetune", help="fine-tune for classification, regression, NER, QA "
-                            "or translation", description="Fine-tune a BERT folder with a fresh "
+    p = commands.add_parser("finetune", help="fine-tune for a task: classification, NER, QA, "
+                            "relation, retrieval, rerank, translation, summarization, dialogue", description="Fine-tune a BERT folder with a fresh "
                             "task head (or train a seq2seq Transformer for translation); keeps the "
                             "best checkpoint on dev and writes metrics.json.")
     p.add_argument("--task", required=True, help="what to fine-tune for",
-                   choices=[*TASKS, "translation"])
+                   choices=[*TASKS, "translation", "summarization", "dialogue"])
     p.add_argument("--model", help="HF BERT folder to start from (translation: optional; a "
                    "seq2seq folder continues it, a BERT folder initialises the encoder)")
     p.add_argument("--train", required=True, help="classification/regression: .csv/.tsv/.jsonl; "
-                   "ner: CoNLL; qa: SQuAD .json; translation: .tsv/.jsonl or source=F,target=F")
+                   "ner: CoNLL; qa: SQuAD .json; relation: .jsonl/.csv/.tsv with <e1>/<e2> "
+                   "markers or e1/e2 spans; retrieval: .jsonl/.tsv query, positive[, negative]; "
+                   "rerank: query, document, label; translation/summarization: .tsv/.jsonl or "
+                   "source=F,target=F; dialogue: .jsonl conversations")
     p.add_argument("--dev", help="evaluated every epoch (or --eval-every steps)")
     p.add_argument("--test", help="evaluated once with the best model")
     p.add_argument("--max-length", type=int, help="tokens per input (default 128, QA 384)")
@@ -532,10 +723,26 @@ def _add_finetune_command(commands) -> None:
     p.add_argument("--max-answer-length", type=int, default=TaskSettings.max_answer_length,
                    help=f"QA: longest answer in tokens (default {TaskSettings.max_answer_length})")
     p.add_argument("--patience", type=int, help="stop after N evaluations without improvement")
-    p.add_argument("--metric", help="metric that picks the best checkpoint (default: accuracy, "
-                   "pearson, f1, f1, bleu)")
+    p.add_argument("--metric", help="metric that picks the best checkpoint (default: the "
+                   "task's: accuracy, pearson, f1, f1, relation macro_f1, mrr@10, bleu, rougeL)")
+    p.add_argument("--seeds", help="run once per seed, e.g. 0,1,2, into OUT/seed-N and report "
+                   "the median and IQR of every metric (seeds.json)")
+    p.add_argument("--no-baseline", action="store_true", help="classification and regression: "
+                   "skip the TF-IDF + linear-model baseline reported beside the model")
     add_training_args(p, lr=None, batch_size=32, warmup_ratio=0.1, epochs="3; translation 10")
     add_regularisation_args(p)
+    p.add_argument("--augment", metavar="METHODS", help="add augmented copies of the training "
+                   "examples (eda, synonym, mlm, backtranslate; comma-separated); dev and test "
+                   "are never augmented")
+    add_augment_args(p, prefix="augment-")
+    g = p.add_argument_group("continual fine-tuning (--model a folder fine-tuned for the task: its "
+                             "labels keep their ids, new labels are appended, the head grows)")
+    g.add_argument("--replay", metavar="FILE", help="old training examples; a random sample is "
+                   "mixed into the new ones")
+    g.add_argument("--replay-ratio", type=float, default=0.2, help="the old examples' share of "
+                   "the training set (default 0.2)")
+    g.add_argument("--old-test", metavar="FILE", help="the old test set, scored before and after "
+                   "(forgetting, in metrics.json and printed)")
     p.set_defaults(schedule=None)
     g = p.add_argument_group("parameter-efficient fine-tuning (the output folder holds only the "
                              "method's weights and the task head)")
@@ -553,6 +760,7 @@ def _add_finetune_command(commands) -> None:
     g.add_argument("--prefix-length", type=int, help="prefix tokens per layer (default 20)")
     g.add_argument("--adalora-init-r", type=int, help="AdaLoRA starting rank (default 12)")
     g.add_argument("--adalora-target-r", type=int, help="AdaLoRA average final rank (default 8)")
+    add_retrieval_args(p)
     add_translation_args(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -562,6 +770,10 @@ def _add_evaluate_command(commands) -> None:
                             description="Print and write (MODEL/eval_NAME.json) the task's metrics.")
     p.add_argument("--model", required=True, help="a folder written by `bertkit finetune`")
     p.add_argument("--data", required=True, help="a labelled file in the training format")
+    p.add_argument("--task", choices=list(TASKS), help="the task of a folder that records none, "
+                   "e.g. retrieval for a sentence-transformers folder (zero-shot)")
+    p.add_argument("--out", metavar="FILE", help="where to write the metrics (default "
+                   "MODEL/eval_NAME.json)")
     _add_runtime_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -618,6 +830,8 @@ def _add_serve_command(commands) -> None:
                                         "'Authorization: Bearer <key>'.")
     p.add_argument("--model", required=True, help="a fine-tuned, adapter, pretraining or "
                    "encoder folder")
+    p.add_argument("--index", help="a search index folder (`bertkit index`): serves POST "
+                   "/v1/search and a search box on the page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                    "127.0.0.1; another address needs API keys or --insecure)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
@@ -663,7 +877,176 @@ def _add_serve_command(commands) -> None:
     p.add_argument("--allowed-hosts", action="append", default=[], metavar="HOST",
                    help="a Host name to answer besides the bound address, localhost, 127.0.0.1 "
                         "and [::1] (repeat; '*': any)")
+    _add_serve_scaling_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+
+def cmd_monitor(args: argparse.Namespace) -> None:
+    result = run_monitor(MonitorConfig(
+        model=args.model, input=args.input, out=args.out, text_field=args.text_field,
+        time_field=args.time_field, window=args.window, alert=args.alert,
+        alert_zscore=args.alert_zscore, baseline_windows=args.baseline_windows,
+        min_count=args.min_count, examples=args.examples, webhook=args.webhook,
+        batch_size=args.batch_size, follow=args.follow, idle_timeout=args.idle_timeout,
+        device=args.device, overwrite=args.overwrite))
+    print(f"{result.records} records, {len(result.windows)} windows, alerts: {result.alerts}"
+          + (f"; shares.jsonl, alerts.jsonl, trend.png in {result.out}" if result.out else ""),
+          file=sys.stderr)
+
+
+def _add_monitor_command(commands) -> None:
+    p = commands.add_parser("monitor", help="classify a JSONL stream, watch label shares, alert "
+                                            "on surges",
+                            description="Classify a stream of JSON lines (a file, a growing file "
+                                        "with --follow, or - for stdin) with a classification "
+                                        "folder; count each label per time window; alert once "
+                                        "per episode when a label's share breaks the rule. "
+                                        "Alerts go to stdout (JSON lines), alerts.jsonl and "
+                                        "--webhook; windows to stderr and shares.jsonl.")
+    p.add_argument("--model", required=True, help="a fine-tuned classification folder")
+    p.add_argument("--input", required=True, help="a JSONL file, or - for stdin")
+    p.add_argument("--out", help="folder for shares.jsonl, alerts.jsonl and trend.png (written "
+                   "as OUT.partial while running, moved to OUT when the monitor stops)")
+    p.add_argument("--text-field", default="text", help="the field holding the text "
+                   "(default text)")
+    p.add_argument("--time-field", help="the field holding the record's time (epoch seconds or "
+                   "ISO 8601); default: the time a line arrives")
+    p.add_argument("--window", default="1h", help="window length: 30s, 15m, 1h, 1d "
+                   "(default 1h)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--alert", metavar="SPEC", help="alert when a label's share breaks a "
+                      "bound: 'label=negative,share>0.4' (> >= < <=)")
+    rule.add_argument("--alert-zscore", type=float, metavar="Z", help="alert when any label's "
+                      "share is Z baseline standard deviations above its baseline")
+    p.add_argument("--baseline-windows", type=int, default=24, help="windows the z-score "
+                   "baseline holds (default 24)")
+    p.add_argument("--min-count", type=int, default=10, help="records a window needs to be "
+                   "judged (default 10)")
+    p.add_argument("--examples", type=int, default=3, help="example texts in an alert "
+                   "(default 3)")
+    p.add_argument("--webhook", metavar="URL", help="POST each alert as JSON to this URL")
+    p.add_argument("--batch-size", type=int, default=32, help="records classified at once "
+                   "(default 32)")
+    p.add_argument("--follow", action="store_true", help="keep reading a growing --input "
+                   "file (until Ctrl-C or --idle-timeout)")
+    p.add_argument("--idle-timeout", metavar="DURATION", help="with --follow: stop after this "
+                   "long without a new line (e.g. 10m)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.set_defaults(func=cmd_monitor)
+
+
+def _add_serve_scaling_arguments(p: argparse.ArgumentParser) -> None:
+    """serve's drift window and its Ray Serve replica options."""
+    p.add_argument("--drift-window", type=int, default=ServeConfig.drift_window,
+                   help="inputs the drift signals on /metrics average over (default 500)")
+    g = p.add_argument_group("replicas on Ray Serve (pip install bertkit[ray])")
+    g.add_argument("--ray", action="store_true", help="serve as an autoscaled Ray Serve "
+                   "deployment (--workers does not apply)")
+    g.add_argument("--ray-address", help="a running Ray cluster: auto, or HEAD:6379 (default: "
+                   "start a local one)")
+    g.add_argument("--min-replicas", type=int, default=RayOptions.min_replicas,
+                   help="fewest replicas (default 1)")
+    g.add_argument("--max-replicas", type=int, default=RayOptions.max_replicas,
+                   help="most replicas (default 1)")
+    g.add_argument("--target-ongoing-requests", type=float,
+                   default=RayOptions.target_ongoing_requests,
+                   help="requests in flight per replica the autoscaler aims at (default 4)")
+    g.add_argument("--replica-cpus", type=float, default=RayOptions.replica_cpus,
+                   help="CPUs reserved per replica, also its torch threads (default 1)")
+
+
+def _add_index_command(commands) -> None:
+    p = commands.add_parser("index", help="embed a corpus into a search index (faiss)",
+                            description="Embed every document of a corpus (.txt: one per line; "
+                                        ".jsonl: {\"id\"?, \"text\"} per line) with a model "
+                                        "folder into an index folder: index.faiss, docs.jsonl, "
+                                        "index.json. Resumable in chunks; --add appends.")
+    p.add_argument("--model", help="the encoder (any BERT or sentence-transformers folder); "
+                   "with --add: optional, must be the index's model")
+    p.add_argument("--corpus", required=True, help=".txt (one document a line) or .jsonl")
+    p.add_argument("--out", required=True, help="the index folder to write (with --add: to grow)")
+    p.add_argument("--hnsw", action="store_true", help="approximate HNSW graph instead of exact "
+                   "flat search (for large corpora)")
+    p.add_argument("--ef-search", type=int, default=EF_SEARCH,
+                   help="HNSW search beam stored with the index (wider: higher recall, slower)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help="documents embedded and saved at a time (what --resume keeps)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="OUT.partial",
+                   help="continue an interrupted build from its last finished chunk")
+    p.add_argument("--add", action="store_true", help="append the corpus to the existing "
+                   "index --out (swapped in whole at the end)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+
+def _add_search_command(commands) -> None:
+    p = commands.add_parser("search", help="search an index built by `bertkit index`",
+                            description="The documents nearest each query by cosine (the "
+                                        "index's own model embeds the queries), optionally "
+                                        "re-ranked by a cross-encoder.")
+    p.add_argument("--index", required=True, help="an index folder from `bertkit index`")
+    _add_text_arguments(p)
+    p.add_argument("--top-k", type=int, default=10, help="documents per query")
+    p.add_argument("--rerank", metavar="DIR", help="a cross-encoder folder (`bertkit finetune "
+                   "--task rerank`) that re-scores the hits")
+    p.add_argument("--candidates", type=int, help="hits the cross-encoder re-scores "
+                   "(default --top-k)")
+    p.add_argument("--model", help="the index's model at another path (default: the folder "
+                   "named in index.json)")
+    p.add_argument("--ef-search", type=int, help="HNSW search beam (default: the index's)")
+    p.add_argument("--json", action="store_true", help="one JSON line {query, results} per query")
+    p.set_defaults(func=cmd_search)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    g = p.add_argument_group("decoding (greedy unless --do-sample)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"most tokens to generate (default {max_new_tokens}; at most the "
+                        "context left after the prompt)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus: the likeliest tokens up to this probability (default 1)")
+    g.add_argument("--seed", type=int, help="makes sampling reproducible")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="CTRL's penalty on tokens already present (default 1: off)")
+
+
+def _add_generate_command(commands) -> None:
+    p = commands.add_parser("generate", help="continue a prompt with a GPT-2 folder",
+                            description="Print the continuation of PROMPT by a decoder-only LM "
+                                        "folder (`pretrain --model-type gpt`, or an HF gpt2 "
+                                        "folder), as it is generated. Greedy by default.")
+    p.add_argument("--model", required=True, help="GPT-2 model folder")
+    p.add_argument("prompt", help="the text to continue")
+    _add_sampling_arguments(p, DEFAULT_MAX_NEW_TOKENS)
+    p.set_defaults(func=cmd_generate)
+
+
+def _add_chat_command(commands) -> None:
+    p = commands.add_parser("chat", help="chat in the terminal with a dialogue model",
+                            description="An interactive loop: each line you type is a user turn; "
+                                        "the folder's LM answers (streamed), the history is kept. "
+                                        "/reset forgets it, /exit or Ctrl-D ends.")
+    p.add_argument("--model", required=True, help="a folder from `finetune --task dialogue` (or any GPT-2 folder)")
+    p.add_argument("--system", help="a system turn put before the conversation")
+    _add_sampling_arguments(p, 64)
+    p.set_defaults(func=cmd_chat)
+
+
+def _add_summarize_command(commands) -> None:
+    p = commands.add_parser("summarize", help="summarize text files with a summarization folder",
+                            description="One summary per FILE (its whole text; - reads stdin) by a "
+                                        "folder from `finetune --task summarization` (beam search).")
+    p.add_argument("--model", required=True, help="summarization (seq2seq) folder")
+    p.add_argument("files", nargs="+", help="text files to summarize")
+    p.add_argument("--num-beams", type=int, help="beam size (default: the folder's)")
+    p.add_argument("--max-length", type=int, help="most summary tokens")
+    p.add_argument("--json", action="store_true", help="JSON lines with file and score")
+    p.set_defaults(func=cmd_summarize)
 
 
 def _add_explain_command(commands) -> None:
@@ -725,6 +1108,9 @@ def _add_distill_command(commands) -> None:
                          help="keep N evenly spaced teacher layers (default: half)")
     student.add_argument("--student-size", choices=["tiny", "mini", "small"],
                          help="a fresh model of this size instead (not initialised from the teacher)")
+    p.add_argument("--student", choices=["distilbert"],
+                   help="write a DistilBERT-format student initialised from every other teacher "
+                        "layer (as the DistilBERT paper does)")
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T")
     p.add_argument("--alpha", type=float, default=0.5,
                    help="weight of the soft-target loss (1 - alpha: the hard labels)")
@@ -821,16 +1207,23 @@ def build_parser() -> argparse.ArgumentParser:
                         _add_prepare_corpus_command,
                         _add_pretrain_command,
                         _add_finetune_command,
+                        _add_augment_command,
                         _add_evaluate_command,
                         _add_predict_command,
                         _add_translate_command,
                         _add_merge_lora_command,
                         _add_serve_command,
+                        _add_monitor_command,
+                        _add_index_command,
+                        _add_search_command,
                         _add_explain_command,
                         _add_prune_command,
                         _add_distill_command,
                         _add_export_command,
                         _add_quantize_command,
+                        _add_generate_command,
+                        _add_chat_command,
+                        _add_summarize_command,
                         _add_demo_command):
         add_command(commands)
     for command in commands.choices.values():

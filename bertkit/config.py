@@ -242,6 +242,41 @@ class BertConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    # What a BERT-family variant changes, as BERT has it (the family configs below override).
+    @property
+    def position_offset(self) -> int:
+        """The position id of the first token (RoBERTa: pad_token_id + 1; BERT: 0)."""
+        return 0
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input the position embeddings cover."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def uses_token_types(self) -> bool:
+        """Whether the model has token type embeddings at all (DistilBERT has none)."""
+        return True
+
+    @property
+    def embedding_dim(self) -> int:
+        """The width E of the embeddings (ALBERT: E < H, projected to H by the encoder)."""
+        return self.hidden_size
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """Whether the encoder maps the E-wide embeddings to H first (ALBERT)."""
+        return False
+
+    def layer_order(self) -> list[int]:
+        """The encoder's distinct layers in the order they run (ALBERT repeats shared ones)."""
+        return list(range(self.num_hidden_layers))
+
+    def local_window(self, layer: int) -> int | None:
+        """The one-sided sliding window of ``layer``'s attention (Longformer), None for full
+        attention."""
+        return None
+
     def kept_heads(self, layer: int) -> list[int]:
         """The original indices of the heads layer ``layer`` still has (all unless pruned)."""
         pruned = set((self.pruned_heads or {}).get(layer, ()))
@@ -300,14 +335,22 @@ class BertConfig:
     def from_pretrained(cls, folder: str | os.PathLike) -> "BertConfig":
         """Read ``folder/config.json`` (or a path to a json file).
 
+        ``BertConfig.from_pretrained`` returns the config of the folder's family
+        (:class:`RobertaConfig`, :class:`DistilBertConfig`, :class:`AlbertConfig` by its
+        ``model_type``); a family's own class reads only its family's folders.
+
         A value no model can be built from is a one-line ``ValueError`` naming the file and the
         field (``PATH: num_hidden_layers must be a positive integer <= 256, got 1000000000``).
         """
         path, data = read_config_file(folder)
         model_type = data.get("model_type", "bert")
-        if model_type != "bert":
+        expected = cls.__dataclass_fields__["model_type"].default
+        if cls is BertConfig and model_type in FAMILY_CONFIGS:  # the folder chooses the family
+            cls = FAMILY_CONFIGS[model_type]
+        elif model_type != expected:
+            known = ", ".join(FAMILY_CONFIGS) if cls is BertConfig else repr(expected)
             raise ValueError(f"{path}: model_type {_shown(model_type, kind=False)} is not a "
-                             "BERT model")
+                             f"BERT model (the family bertkit reads: {known})")
         return config_from_file(cls, data, path)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -411,3 +454,303 @@ def replace_bertkit_settings(extra: dict[str, Any], settings: dict[str, Any]) ->
     for key in [k for k in extra if k.startswith(SETTINGS_PREFIX)]:
         del extra[key]
     extra.update(settings)
+
+
+# ============================================================================ BERT family (issue 18)
+# RoBERTa, DistilBERT and ALBERT are BERT with a few changes, so their configs are BertConfig
+# with those changes: the model code reads the properties above (position_offset,
+# uses_token_types, embedding_dim, projects_embeddings, layer_order) and never a family's name.
+
+
+@dataclass
+class RobertaConfig(BertConfig):
+    """RoBERTa (Liu et al., 2019): BERT's encoder with a byte-level BPE vocab, positions
+    counted from ``pad_token_id + 1`` (padding keeps position ``pad_token_id``), one token type.
+    Defaults are roberta-base's; the keys are transformers' ``RobertaConfig``."""
+
+    vocab_size: int = 50265
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    model_type: str = "roberta"
+
+    def validate(self) -> None:
+        super().validate()
+        check = FieldChecker(type(self).__name__)
+        if self.max_position_embeddings <= self.position_offset:
+            check.fail("max_position_embeddings", f"({self.max_position_embeddings}) must be above "
+                       f"pad_token_id + 1 ({self.position_offset}): RoBERTa positions start there")
+
+    @property
+    def position_offset(self) -> int:
+        return self.pad_token_id + 1
+
+
+# DistilBERT's config.json names (transformers' DistilBertConfig) of the BertConfig fields.
+DISTILBERT_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers",
+                   "n_heads": "num_attention_heads", "hidden_dim": "intermediate_size",
+                   "dropout": "hidden_dropout_prob",
+                   "attention_dropout": "attention_probs_dropout_prob", "activation": "hidden_act"}
+_BERT_TO_DISTILBERT = {bert: distil for distil, bert in DISTILBERT_KEYS.items()}
+# BertConfig fields DistilBERT does not have (fixed: one LayerNorm eps, no token types).
+_NOT_IN_DISTILBERT = ("type_vocab_size", "layer_norm_eps", "classifier_dropout")
+
+
+@dataclass
+class DistilBertConfig(BertConfig):
+    """DistilBERT (Sanh et al., 2019): BERT's layers without token types or pooler, 6 layers.
+    Held under BertConfig's field names (``hidden_size``...); ``config.json`` is read and
+    written with DistilBERT's own keys (``dim``, ``n_layers``, ``n_heads``, ``hidden_dim``,
+    ``dropout``, ``attention_dropout``, ``activation``) so transformers reads it."""
+
+    num_hidden_layers: int = 6
+    type_vocab_size: int = 1  # unused: no token type embeddings
+    seq_classif_dropout: float = 0.2
+    qa_dropout: float = 0.1
+    sinusoidal_pos_embds: bool = False  # the table is saved either way; only training differs
+    model_type: str = "distilbert"
+
+    @property
+    def uses_token_types(self) -> bool:
+        return False
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DistilBertConfig":
+        renamed = {DISTILBERT_KEYS.get(k, k): v for k, v in data.items()
+                   if k not in DISTILBERT_KEYS.values()}  # HF may echo BERT names: ours win
+        try:
+            return super().from_dict(renamed)
+        except ConfigError as e:  # name the field as the file does
+            raise ConfigError(cls.__name__, _BERT_TO_DISTILBERT.get(e.field_name, e.field_name),
+                              e.problem) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {_BERT_TO_DISTILBERT.get(k, k): v for k, v in super().to_dict().items()
+               if k not in _NOT_IN_DISTILBERT}
+        return dict(sorted(out.items()))
+
+
+@dataclass
+class AlbertConfig(BertConfig):
+    """ALBERT (Lan et al., 2020): embeddings of width ``embedding_size`` (E < H) projected to
+    H, and ``num_hidden_layers`` layer applications sharing ``num_hidden_groups`` groups of
+    ``inner_group_num`` layers. Defaults and keys are transformers' ``AlbertConfig``."""
+
+    vocab_size: int = 30000
+    hidden_size: int = 4096
+    num_attention_heads: int = 64
+    intermediate_size: int = 16384
+    hidden_act: str = "gelu_new"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    embedding_size: int = 128
+    num_hidden_groups: int = 1
+    inner_group_num: int = 1
+    classifier_dropout_prob: float = 0.1
+    bos_token_id: int = 2
+    eos_token_id: int = 3
+    model_type: str = "albert"
+
+    def validate(self) -> None:
+        super().validate()
+        check = FieldChecker(type(self).__name__)
+        check.integer("embedding_size", self.embedding_size, SIZE_LIMITS["hidden_size"])
+        check.integer("num_hidden_groups", self.num_hidden_groups, self.num_hidden_layers)
+        check.integer("inner_group_num", self.inner_group_num, SIZE_LIMITS["num_hidden_layers"])
+        check.fraction("classifier_dropout_prob", self.classifier_dropout_prob)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedding_size
+
+    @property
+    def projects_embeddings(self) -> bool:
+        return True
+
+    def layer_order(self) -> list[int]:
+        """Layer i runs group int(i / (L / groups)): each group's inner layers in turn (the
+        rule of transformers' AlbertTransformer)."""
+        per_group = self.num_hidden_layers / self.num_hidden_groups
+        return [int(i / per_group) * self.inner_group_num + j
+                for i in range(self.num_hidden_layers) for j in range(self.inner_group_num)]
+
+
+@dataclass
+class LongformerConfig(RobertaConfig):
+    """Longformer (Beltagy et al., 2020): RoBERTa whose attention is a sliding window of
+    ``attention_window`` tokens (``attention_window / 2`` on each side; one even number, or one
+    per layer) plus global attention for the tokens a task marks (``[CLS]``, the question),
+    with their own ``query_global`` / ``key_global`` / ``value_global`` projections. Keys are
+    transformers' ``LongformerConfig``."""
+
+    max_position_embeddings: int = 4098
+    attention_window: int | list[int] = 512
+    sep_token_id: int = 2
+    model_type: str = "longformer"
+
+    def validate(self) -> None:
+        super().validate()
+        check = FieldChecker(type(self).__name__)
+        windows = self.attention_window
+        if isinstance(windows, list):
+            if len(windows) != self.num_hidden_layers:
+                check.fail("attention_window", f"lists {len(windows)} windows for "
+                                               f"{self.num_hidden_layers} layers")
+        else:
+            windows = [windows]
+        for window in windows:
+            check.integer("attention_window", window, SIZE_LIMITS["max_position_embeddings"])
+            if window % 2:
+                check.fail("attention_window", f"must be even (half on each side), got {window}")
+
+    def local_window(self, layer: int) -> int:
+        window = self.attention_window
+        return (window[layer] if isinstance(window, list) else window) // 2
+
+    @property
+    def window_multiple(self) -> int:
+        """The largest attention_window: transformers pads inputs to a multiple of it."""
+        window = self.attention_window
+        return max(window) if isinstance(window, list) else window
+
+
+# config.json model_type -> the config class BertConfig.from_pretrained returns for it.
+FAMILY_CONFIGS: dict[str, type[BertConfig]] = {
+    "bert": BertConfig, "roberta": RobertaConfig, "distilbert": DistilBertConfig,
+    "albert": AlbertConfig, "longformer": LongformerConfig}
+
+
+# ============================================================================ GPT-2 (issue 19)
+# The decoder-only family. Field names are the keys of transformers' GPT2Config.json, so a
+# ``gpt2`` folder moves between bertkit and transformers unchanged.
+
+GPT2_SIZES = {
+    "tiny": dict(n_layer=2, n_embd=128, n_head=2),
+    "mini": dict(n_layer=4, n_embd=256, n_head=4),
+    "small": dict(n_layer=4, n_embd=512, n_head=8),
+    "medium": dict(n_layer=8, n_embd=512, n_head=8),
+    "base": dict(n_layer=12, n_embd=768, n_head=12),   # the released gpt2 (124M)
+}
+# transformers options that change the computation and that bertkit does not implement: a
+# folder asking for them is refused rather than run wrongly.
+GPT2_UNSUPPORTED = {"scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+                    "add_cross_attention": False, "scale_attn_weights": True}
+_GPT_CHECK = FieldChecker("GPT2Config")
+
+
+@dataclass
+class GPT2Config:
+    """Hyper-parameters of :class:`bertkit.modeling.gpt.GPT2LMHeadModel`, with the keys of
+    transformers' ``GPT2Config`` (``n_embd``, ``n_layer`` ...). ``n_inner`` None means 4 x
+    ``n_embd``; ``pad_token_id`` None means none (GPT-2 has no pad token; batches are padded
+    with eos and masked)."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+    pad_token_id: int | None = None
+    tie_word_embeddings: bool = True
+    architectures: list[str] | None = None
+    model_type: str = "gpt2"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field if no model can be built from it."""
+        check = _GPT_CHECK
+        for name, limit in (("vocab_size", "vocab_size"), ("n_positions", "max_position_embeddings"),
+                            ("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                            ("n_head", "num_attention_heads")):
+            check.integer(name, getattr(self, name), SIZE_LIMITS[limit])
+        if self.n_inner is not None:
+            check.integer("n_inner", self.n_inner, SIZE_LIMITS["intermediate_size"])
+        if self.n_embd % self.n_head:
+            check.fail("n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        h, inner = self.n_embd, self.inner_size
+        check.parameter_count((self.vocab_size + self.n_positions) * h
+                              + self.n_layer * (4 * h * h + 2 * h * inner),
+                              {"vocab_size": self.vocab_size, "n_embd": h, "n_layer": self.n_layer,
+                               "n_positions": self.n_positions})
+        if not isinstance(self.activation_function, str) or \
+                self.activation_function not in SUPPORTED_ACTIVATIONS:
+            check.fail("activation_function", f"{_shown(self.activation_function, kind=False)} is "
+                       f"not supported; choose one of {', '.join(SUPPORTED_ACTIVATIONS)}")
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            check.fraction(name, getattr(self, name))
+        check.positive("layer_norm_epsilon", self.layer_norm_epsilon)
+        check.non_negative("initializer_range", self.initializer_range)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is None and name == "pad_token_id":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    not 0 <= value < self.vocab_size:
+                check.fail(name, f"must be a token id below vocab_size ({self.vocab_size}), got "
+                                 f"{_shown(value)}")
+        if self.tie_word_embeddings is not True:
+            check.fail("tie_word_embeddings", "must be true: bertkit's GPT-2 ties the output "
+                                              "projection to the token embeddings")
+        for name, wanted in GPT2_UNSUPPORTED.items():
+            if self.extra.get(name, wanted) != wanted:
+                check.fail(name, f"= {_shown(self.extra[name])} is not implemented by bertkit "
+                                 f"(only {json.dumps(wanted)})")
+        if self.architectures is not None:
+            check.string_list("architectures", self.architectures)
+
+    @property
+    def inner_size(self) -> int:
+        return self.n_inner if self.n_inner is not None else 4 * self.n_embd
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> "GPT2Config":
+        """A preset size ``tiny|mini|small|base`` with ``overrides`` on top."""
+        if size not in GPT2_SIZES:
+            raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(GPT2_SIZES)}")
+        return cls(**{**GPT2_SIZES[size], **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GPT2Config":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "extra" and not (value is None and f.name in ("architectures",)):
+                out[f.name] = value
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "GPT2Config":
+        """Read ``folder/config.json``; a bad value is a one-line ValueError naming file and
+        field."""
+        path, data = read_config_file(folder)
+        if data.get("model_type") != "gpt2":
+            raise ValueError(f"{path}: model_type {_shown(data.get('model_type'), kind=False)} is "
+                             "not a GPT-2 model (expected 'gpt2')")
+        return config_from_file(cls, data, path)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        write_config_file(self.to_dict(), folder)

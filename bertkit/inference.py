@@ -14,7 +14,8 @@ from torch import nn
 
 from bertkit.checkpoint import check_vocab_fits
 from bertkit.config import BertConfig
-from bertkit.modeling.bert import HEAD_CLASSES
+from bertkit.modeling.bert import HEAD_CLASSES, BertModel
+from bertkit.modeling.pooling import Pooling, pool, read_max_seq_length, read_pooling
 from bertkit.tokenizer import Tokenizer
 
 
@@ -62,24 +63,53 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def embed(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 32,
-          normalize: bool = False, max_length: int | None = None) -> torch.Tensor:
-    """Sentence embeddings (mean of the last hidden states over real tokens): (len(texts), H).
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real tokens' vectors: (B, T, H), (B, T) -> (B, H)."""
+    return pool(hidden, attention_mask, Pooling("mean"))
 
-    ``model`` is a :class:`~bertkit.BertModel` or any head (its encoder is used).
+
+def embed(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 32,
+          normalize: bool = False, max_length: int | None = None,
+          pooling: Pooling | None = None) -> torch.Tensor:
+    """Sentence embeddings of ``texts``: (len(texts), H).
+
+    ``pooling`` says how token vectors become the sentence vector (a folder's own, from
+    :func:`load_sentence_encoder` or :func:`~bertkit.modeling.pooling.read_pooling`); None is
+    the mean of the last hidden states over real tokens. ``normalize`` scales the vectors to
+    unit length (also when the pooling does not). ``model`` is a :class:`~bertkit.BertModel`
+    or any head (its encoder is used).
     """
     encoder = getattr(model, "bert", model)
+    pooling = pooling or Pooling()
 
-    def pool(output, batch):
-        return mean_pool(output.last_hidden_state, batch["attention_mask"])
+    def reduce(output, batch):
+        return pool(output.last_hidden_state, batch["attention_mask"], pooling)
 
     if not texts:
         return torch.empty(0, encoder.config.hidden_size)
-    vectors = torch.stack(run_batched(encoder, tokenizer, texts, pool, batch_size=batch_size,
+    vectors = torch.stack(run_batched(encoder, tokenizer, texts, reduce, batch_size=batch_size,
                                       max_length=max_length))
-    if normalize and len(texts):
+    if normalize and not pooling.normalize:
         vectors = torch.nn.functional.normalize(vectors, dim=-1)
     return vectors
+
+
+def load_sentence_encoder(folder: str, device: str | None = None
+                          ) -> tuple[BertModel, Tokenizer, Pooling]:
+    """The encoder, tokenizer and pooling of a sentence-embedding folder, for :func:`embed`.
+
+    A sentence-transformers folder (``modules.json``, ``1_Pooling/``; what ``bertkit finetune
+    --task retrieval`` writes) gives its own pooling, normalisation and ``max_seq_length``
+    (the tokenizer's limit), so the vectors are those ``SentenceTransformer(folder).encode``
+    gives; any other BERT folder gives mean pooling without normalisation. A task head's
+    folder loads its encoder. Returns (model in eval mode on ``device``, tokenizer, pooling).
+    """
+    pooling = read_pooling(folder)  # a malformed layout fails before the weights load
+    max_seq_length = read_max_seq_length(folder)
+    model, tokenizer = load_for_inference(folder, BertModel, device=device)
+    if max_seq_length is not None:
+        tokenizer.model_max_length = min(tokenizer.model_max_length, max_seq_length)
+    return model, tokenizer, pooling
 
 
 def load_for_inference(folder: str, model_class: type | None = None, device: str | None = None):
@@ -105,7 +135,7 @@ def load_tokenizer_for(folder: str, config) -> Tokenizer:
     table is a ValueError), with texts cut to the positions the model has."""
     tokenizer = Tokenizer.from_pretrained(folder)
     check_vocab_fits(tokenizer, config, folder)
-    tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_position_embeddings)
+    tokenizer.model_max_length = min(tokenizer.model_max_length, config.max_tokens)
     return tokenizer
 
 

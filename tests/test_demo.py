@@ -1,5 +1,5 @@
 """`bertkit demo --quick`: the whole path (task, tokenizer, pretraining, fine-tuning, a second
-model side by side, fill-mask, predict) runs and its accuracy beats the majority baseline; run
+model side by side, search before and after retrieval fine-tuning, fill-mask, predict) runs and its accuracy beats the majority baseline; run
 in a clone of the repository with the default --out, it leaves `git status` as it was, writes
 under 150 MB without optimizer state, and prints a few counted lines, not reports and raw
 warnings (issue 20)."""
@@ -16,6 +16,7 @@ import torch
 from bertkit import BertConfig, BertModel, Tokenizer
 from bertkit.data.tasks import TruncationWarning
 from bertkit.demo import MAX_LENGTH, run_demo
+from bertkit.search import SearchIndex
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_DEMO_BYTES = 150 * 10**6
@@ -93,8 +94,14 @@ def test_quick_demo_beats_the_majority_baseline(tmp_path, capsys, monkeypatch, r
     config = json.loads((out / "finetuned" / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
 
-    for stage in ("[1/6]", "[3/6]", "[5/6]", "[6/6] results"):
+    for stage in ("[1/7]", "[3/7]", "[5/7]", "[6/7] search", "[7/7] results"):
         assert stage in printed
+    # the search stage: its index moved with the demo folder and still finds its bi-encoder
+    search = result["search"]
+    assert search["question"] in printed and len(search["top3_after"]) == 3
+    hits = SearchIndex.load(str(out / "index-after")).search([search["question"]], top_k=3)[0]
+    assert [h["id"] for h in hits] == search["top3_after"]
+    assert 0 < search["mrr@10_before"] <= 1 and 0 < search["mrr@10_after"] <= 1
     assert f"{result['test_accuracy']:.3f}" in printed
     assert f"{result['majority_baseline']:.3f}" in printed
     assert "other-bert, fine-tuned here" in printed

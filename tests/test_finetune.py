@@ -119,6 +119,26 @@ def test_metrics_json_layout_and_folder(cls_run):
     assert again["eval_loss"] == pytest.approx(metrics["test"]["eval_loss"], rel=1e-5)
 
 
+def test_tfidf_baseline_beside_the_model_equals_scikit_learn_on_the_same_files(cls_run):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    result, files = cls_run
+    saved = json.load(open(f"{result.out_dir}/metrics.json"))
+    train, test = ([json.loads(line) for line in open(files[n])] for n in ("train", "test"))
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
+                                 token_pattern=r"(?u)\b[\w:]+\b")
+    model = LogisticRegression(max_iter=2000).fit(
+        vectorizer.fit_transform([r["text"] for r in train]), [r["label"] for r in train])
+    predicted = model.predict(vectorizer.transform([r["text"] for r in test]))
+    accuracy = sum(p == r["label"] for p, r in zip(predicted, test)) / len(test)
+    baseline = saved["test"]["baseline"]
+    assert baseline["method"] == "tf-idf + logistic regression"
+    assert baseline["accuracy"] == pytest.approx(accuracy)
+    assert "baseline (tf-idf + logistic regression, same training file): accuracy" in \
+        open(f"{result.out_dir}/report.txt").read()
+
+
 def test_early_stopping_keeps_the_best_checkpoint(cls_run):
     result, _ = cls_run
     train = result.train

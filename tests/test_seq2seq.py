@@ -23,6 +23,7 @@ from bertkit.data.parallel import (ParallelExample, Seq2SeqCollator,
                                    TruncationWarning, encode_parallel, load_parallel,
                                    load_tokenizers, save_tokenizers, special_token_ids,
                                    train_tokenizers)
+from bertkit.modeling.generation import GenerationSettings, beam_search
 from bertkit.modeling.seq2seq import (KVCache, Seq2SeqConfig, TransformerSeq2Seq,
                                       length_penalty, sample_next_tokens,
                                       sinusoidal_position_encoding)
@@ -269,8 +270,11 @@ def test_beam_of_one_is_greedy():
             beam = model.generate(ids, mask, max_length=15, length_penalty=alpha, num_beams=1)
             assert torch.equal(greedy.sequences, beam.sequences)
             # num_beams=1 takes the greedy code path; the beam search code with one beam:
-            one = model._beam_search(model.encode(ids, mask), model._memory_bias(mask, torch.float),
-                                     15, 0, 1, alpha, True, 1, True)
+            decoder = model.decoder_for(model.encode(ids, mask),
+                                        model._memory_bias(mask, torch.float))
+            bos = ids.new_full((ids.size(0), 1), model.config.bos_token_id)
+            one = beam_search(decoder, bos, GenerationSettings(max_new_tokens=15, num_beams=1,
+                                                               length_penalty=alpha))
             width = max(one.sequences.size(1), greedy.sequences.size(1))
             assert torch.equal(F.pad(greedy.sequences, (0, width - greedy.sequences.size(1))),
                                F.pad(one.sequences, (0, width - one.sequences.size(1))))

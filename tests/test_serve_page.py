@@ -3,7 +3,9 @@ Playwright): type the API key (the page shows nothing of the model before it), t
 click Run, see the label, the probabilities and the latency; a wrong API key shows the error
 on the page. Click Explain and the words of the text are coloured by their attributions (red
 for, blue against) with the scores the library computes; the screenshot of that page is
-docs/serve-explain.png (rewritten when $BERTKIT_UPDATE_SCREENSHOTS is set).
+docs/serve-explain.png (rewritten when $BERTKIT_UPDATE_SCREENSHOTS is set). With a search
+index (--index) the page shows a search box: type a query, press Enter, see the documents
+`SearchIndex.search` finds, with their scores.
 
 Without chromium (or Playwright) the tests are skipped locally and fail under CI (``$CI``
 set), where chromium is installed.
@@ -135,4 +137,46 @@ def test_explain_colours_the_words_by_their_attributions(browser, server, tmp_pa
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5_000
     if os.environ.get("BERTKIT_UPDATE_SCREENSHOTS"):
         shutil.copyfile(shot, os.path.join(REPO, "docs", "serve-explain.png"))
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def search_server(tmp_path_factory):
+    """A server of a classifier with a search index beside it (no keys: the page shows the
+    search box at once)."""
+    from bertkit.modeling.bert import BertModel
+    from bertkit.search import build_index
+    root = tmp_path_factory.mktemp("page-search")
+    encoder = make_folder(root / "enc", BertModel)
+    corpus = root / "docs.txt"
+    corpus.write_text("".join(f"{w} world, the café {i}\n" for i, w in
+                              enumerate(["hello", "naive", "Straße", "cafe", "The", "un"])),
+                      encoding="utf-8")
+    build_index(encoder, str(corpus), str(root / "index"), progress=False)
+    clf = make_folder(root / "clf", BertForSequenceClassification, "classification", ["a", "b"])
+    process = ServerProcess.from_config(root / "server.log", model=clf, index=str(root / "index"))
+    process.index = str(root / "index")
+    process.start()
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def test_search_box_lists_the_nearest_documents(browser, search_server):
+    from bertkit.search import SearchIndex
+    page = browser.new_page()
+    page.goto(search_server.url + "/")
+    assert page.is_visible("#search-box") and "6 documents, flat" in page.inner_text("#index-meta")
+    assert "/v1/search" not in page.locator("#route").inner_text()  # its own box, not a route
+    page.fill("#query", "naive world")
+    page.fill("#top-k", "3")
+    page.press("#query", "Enter")
+    page.wait_for_selector("ol.hits li", timeout=15_000)
+    assert page.inner_text("#status").startswith("200")
+    (want,) = SearchIndex.load(search_server.index).search("naive world", top_k=3)
+    shown = page.eval_on_selector_all("ol.hits li", "els => els.map(e => [e.dataset.id, "
+                                      "e.querySelector('.hit-score').textContent])")
+    assert shown == [[h["id"], f"{h['score']:.4f}"] for h in want]
+    assert page.inner_text("ol.hits li:first-child").endswith(want[0]["text"])
     page.close()

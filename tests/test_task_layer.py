@@ -25,18 +25,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.
 
 def test_every_registered_task_is_consistent():
     fields = {f.name for f in dataclasses.fields(TaskSettings)}
-    assert list(TASKS) == ["classification", "regression", "ner", "qa"]
+    assert list(TASKS) == ["classification", "regression", "ner", "qa", "relation", "retrieval",
+                           "rerank"]
     for name, task in TASKS.items():
         assert task.name == name and get_task(name) is task
         assert task.default_metric in task.metrics_names
         assert set(task.lower_is_better) <= set(task.metrics_names)
-        assert HEAD_CLASSES[task.head.__name__] is task.head
+        if name in ("relation", "retrieval", "rerank"):
+            # Their own heads (relation: bertkit's; retrieval, rerank: saved as BertModel /
+            # BertForSequenceClassification folders).
+            assert task.head.__name__ not in HEAD_CLASSES
+        else:
+            assert HEAD_CLASSES[task.head.__name__] is task.head
         assert "max_length" in task.setting_names and set(task.setting_names) <= fields
 
 
 def test_unknown_task_names_the_choices():
     with pytest.raises(ValueError, match=r"^task must be one of classification, regression, "
-                                         r"ner, qa, got 'summarise'$"):
+                                         r"ner, qa, relation, retrieval, rerank, got 'summarise'$"):
         get_task("summarise")
 
 

@@ -531,3 +531,186 @@ def test_call_errors(tiny_vocab):
         tok(["a"], return_tensors="np")
     with pytest.raises(ValueError, match="max_length 2 leaves no room"):
         tok(["a"], ["b"], max_length=2)
+
+
+# ---------------------------------------------------------------------------- byte-level BPE
+# A small byte-level BPE vocab (RoBERTa specials first), trained here and handed to
+# transformers, whose RobertaTokenizerFast / GPT2TokenizerFast are the reference.
+from bertkit.tokenizer import BPETokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bpe_folders(tmp_path_factory):
+    """Folders of one trained vocab: ours (vocab.json, merges.txt, tokenizer.json), and the
+    RoBERTa and GPT-2 folders transformers saves from our vocab.json + merges.txt."""
+    root = tmp_path_factory.mktemp("bpe")
+    ours = BPETokenizer.train(CORPUS + TEXTS + PAIRS, vocab_size=400, show_progress=False)
+    ours.save_pretrained(root / "ours")
+    files = dict(vocab=str(root / "ours" / "vocab.json"), merges=str(root / "ours" / "merges.txt"))
+    roberta = transformers.RobertaTokenizerFast(**files)
+    roberta.save_pretrained(str(root / "roberta"))
+    gpt2 = transformers.GPT2TokenizerFast(**files)
+    gpt2.save_pretrained(str(root / "gpt2"))
+    return root, roberta, gpt2
+
+
+BPE_KEYS = ("input_ids", "attention_mask", "offset_mapping", "special_tokens_mask")
+
+
+@pytest.mark.parametrize("folder", ["ours", "roberta"])
+def test_bpe_roberta_matches_transformers(bpe_folders, folder):
+    root, hf, _ = bpe_folders
+    tok = Tokenizer.from_pretrained(root / folder)  # the folder's files choose BPE
+    assert isinstance(tok, BPETokenizer) and tok.kind == "roberta"
+    assert (tok.cls_token_id, tok.pad_token_id, tok.sep_token_id, tok.unk_token_id,
+            tok.mask_token_id) == (0, 1, 2, 3, 4) == (hf.cls_token_id, hf.pad_token_id,
+                                                      hf.sep_token_id, hf.unk_token_id,
+                                                      hf.mask_token_id)
+    options = dict(return_offsets_mapping=True, return_special_tokens_mask=True)
+    for pairs in (None, PAIRS):
+        ours = tok(TEXTS, pairs, **options)
+        theirs = hf(TEXTS, pairs, padding=True, return_tensors="pt", **options)
+        for key in BPE_KEYS:
+            assert ours[key].tolist() == theirs[key].tolist(), (key, pairs is None)
+        assert not ours["token_type_ids"].any()  # no token types
+    # The pair layout by hand: <s> A </s></s> B </s>.
+    a, b = tok.encode_plain(["hello world", "x"])
+    assert tok("hello world", "x")["input_ids"][0].tolist() == [0, *a, 2, 2, *b, 2]
+    assert tok.tokenize(" world") == hf.tokenize(" world") and tok.tokenize(" world")[0][0] == "Ġ"
+    for text in TEXTS + ["<mask> is one token, <mask>x too"]:
+        ids = tok(text)["input_ids"][0].tolist()
+        for skip in (True, False):
+            assert tok.decode(ids, skip_special_tokens=skip) == \
+                hf.decode(ids, skip_special_tokens=skip), (text, skip)
+    assert tok.decode(tok("Naïve 日本 😀!")["input_ids"][0]) == "Naïve 日本 😀!"  # bytes: lossless
+
+
+@pytest.mark.parametrize("max_length", [5, 9, 17])
+def test_bpe_truncation_of_long_texts_matches_transformers(bpe_folders, max_length):
+    root, hf, _ = bpe_folders
+    tok = Tokenizer.from_pretrained(root / "ours")
+    long = [text[:600] for text in LONG_TEXTS]  # cut before encoding: results must not change
+    options = dict(max_length=max_length, truncation=True, padding="max_length",
+                   return_offsets_mapping=True, return_special_tokens_mask=True)
+    for pairs in (None, [text[::-1][:300] for text in long]):
+        if pairs is not None and max_length < 9:
+            continue
+        ours = tok(long, pairs, **options)
+        theirs = hf(long, pairs, return_tensors="pt", **options)
+        for key in BPE_KEYS:
+            assert ours[key].tolist() == theirs[key].tolist(), key
+    with pytest.raises(ValueError, match="max_length 4 leaves no room"):
+        tok(["a"], ["b"], max_length=4)  # a pair has 4 special tokens
+
+
+def test_bpe_gpt2_layout_matches_transformers(bpe_folders):
+    root, _, hf = bpe_folders
+    tok = Tokenizer.from_pretrained(root / "gpt2")
+    assert tok.kind == "gpt2" and tok.pad_token_id is None and tok.cls_token_id is None
+    eos = tok.eos_token_id
+    assert eos == tok.bos_token_id == hf.eos_token_id == 400  # <|endoftext|> after the vocab
+    ours = tok(TEXTS, padding=False, return_tensors=None, return_offsets_mapping=True)
+    theirs = hf(TEXTS, return_offsets_mapping=True)
+    assert ours["input_ids"] == theirs["input_ids"]  # no <s> </s>: the bare text
+    assert [[tuple(o) for o in row] for row in ours["offset_mapping"]] == \
+        [[tuple(o) for o in row] for row in theirs["offset_mapping"]]
+    assert tok("a<|endoftext|>b", return_tensors=None)["input_ids"][0][1] == eos
+    assert tok("one prompt")["input_ids"].tolist() == [hf("one prompt")["input_ids"]]
+    with pytest.raises(ValueError, match="different lengths and this tokenizer has no pad token"):
+        tok(TEXTS)
+    with pytest.raises(ValueError, match="no pad token"):
+        tok(TEXTS, padding="max_length", max_length=8)
+    padded = BPETokenizer.from_pretrained(root / "gpt2", pad_token="<|endoftext|>")(
+        ["a", "a cat sat"])
+    assert padded["input_ids"][0, -1] == eos and padded["attention_mask"][0].tolist() == \
+        [1] + [0] * (padded["input_ids"].shape[1] - 1)
+
+
+def test_bpe_saved_folder_loads_in_transformers(tmp_path, bpe_folders):
+    root, hf, _ = bpe_folders
+    ours = Tokenizer.from_pretrained(root / "roberta")
+    ours.save_pretrained(tmp_path / "out")
+    assert sorted(os.listdir(tmp_path / "out")) == ["merges.txt", "special_tokens_map.json",
+                                                    "tokenizer.json", "tokenizer_config.json",
+                                                    "vocab.json"]
+    again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert type(again).__name__ == "RobertaTokenizer"
+    assert again(TEXTS, PAIRS)["input_ids"] == hf(TEXTS, PAIRS)["input_ids"]
+    # Only vocab.json + merges.txt (older folders): the same tokenizer.
+    os.remove(tmp_path / "out" / "tokenizer.json")
+    files_only = Tokenizer.from_pretrained(tmp_path / "out")
+    assert files_only(TEXTS, PAIRS)["input_ids"].tolist() == ours(TEXTS, PAIRS)["input_ids"].tolist()
+    assert pickle.loads(pickle.dumps(files_only))(TEXTS)["input_ids"].tolist() == \
+        ours(TEXTS)["input_ids"].tolist()
+
+
+def test_bpe_errors(tmp_path):
+    (tmp_path / "vocab.json").write_text('{"a": 0, "b": 1}', encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\nab\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"merges\.txt line 3: a merge is two tokens"):
+        Tokenizer.from_pretrained(tmp_path)
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"vocab\.json: the vocabulary lacks the special token"):
+        Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="corpus is empty"):
+        BPETokenizer.train(iter([]), vocab_size=300, show_progress=False)
+    with pytest.raises(ValueError, match="vocab_size must be at least 261"):
+        BPETokenizer.train(CORPUS, vocab_size=100, show_progress=False)
+
+
+# ---------------------------------------------------------------------------- SentencePiece (ALBERT)
+from bertkit.tokenizer import SentencePieceTokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def spiece_folder(tmp_path_factory):
+    """A unigram spiece.model trained here by sentencepiece, with ALBERT's special pieces."""
+    spm = pytest.importorskip("sentencepiece")
+    root = tmp_path_factory.mktemp("spiece")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS + TEXTS + PAIRS), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "spiece"), vocab_size=150,
+        model_type="unigram", pad_id=0, unk_id=1, bos_id=2, eos_id=3, pad_piece="<pad>",
+        unk_piece="<unk>", bos_piece="[CLS]", eos_piece="[SEP]", user_defined_symbols=["[MASK]"],
+        character_coverage=1.0, minloglevel=2)
+    (root / "corpus.txt").unlink()
+    (root / "spiece.vocab").unlink()
+    return root
+
+
+def test_albert_sentencepiece_matches_transformers(spiece_folder, tmp_path):
+    tok = Tokenizer.from_pretrained(spiece_folder)  # spiece.model chooses SentencePiece
+    hf = transformers.AlbertTokenizer.from_pretrained(str(spiece_folder))
+    assert isinstance(tok, SentencePieceTokenizer)
+    assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id,
+            tok.mask_token_id) == (0, 1, 2, 3, 4)
+    keys = ("input_ids", "token_type_ids", "attention_mask", "offset_mapping")
+    for pairs in (None, PAIRS):
+        ours = tok(TEXTS, pairs, return_offsets_mapping=True)
+        theirs = hf(TEXTS, pairs, padding=True, return_tensors="pt", return_offsets_mapping=True,
+                    return_token_type_ids=True)
+        for key in keys:
+            assert ours[key].tolist() == theirs[key].tolist(), key
+    long = [text[:600] for text in LONG_TEXTS]
+    options = dict(max_length=9, truncation=True, padding="max_length",
+                   return_offsets_mapping=True)
+    assert tok(long, **options)["input_ids"].tolist() == \
+        hf(long, return_tensors="pt", **options)["input_ids"].tolist()
+    for text in TEXTS:
+        ids = tok(text)["input_ids"][0].tolist()
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), text
+    assert tok.tokenize("Hello World")[0].startswith("▁")
+    # Saved by bertkit: transformers and bertkit read the folder back to the same ids.
+    tok.save_pretrained(tmp_path / "ours")
+    again = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours"))
+    assert again(TEXTS, PAIRS)["input_ids"] == hf(TEXTS, PAIRS)["input_ids"]
+    (tmp_path / "ours" / "spiece.model").unlink()  # tokenizer.json alone (transformers 5)
+    assert Tokenizer.from_pretrained(tmp_path / "ours")(TEXTS)["input_ids"].tolist() == \
+        tok(TEXTS)["input_ids"].tolist()
+
+
+def test_spiece_errors(tmp_path):
+    (tmp_path / "spiece.model").write_bytes(b"\x0a\xff\xff")
+    with pytest.raises(ValueError, match=r"spiece\.model is not a SentencePiece model"):
+        Tokenizer.from_pretrained(tmp_path)

@@ -40,9 +40,10 @@ from torch import nn
 
 from bertkit.checkpoint import unwrap_model
 from bertkit.compress.prune import compare_speed, folder_size
-from bertkit.config import MODEL_SIZES, SETTINGS_PREFIX, BertConfig
+from bertkit.config import MODEL_SIZES, SETTINGS_PREFIX, BertConfig, DistilBertConfig
 from bertkit.data.tasks import PaddingCollator
 from bertkit.modeling.bert import BertForSequenceClassification, ClassifierOutput
+from bertkit.modeling.distilbert import DistilBertForSequenceClassification
 from bertkit.outputs import output_folder
 from bertkit.peft import is_adapter_folder
 from bertkit.tasks.evaluate import load_split, metrics_for_json, split_metrics, write_json
@@ -52,6 +53,7 @@ from bertkit.training.trainer import set_seed
 
 REPORT_FILE = "distill.json"
 STUDENT_SIZES = ("tiny", "mini", "small")
+STUDENT_FAMILIES = ("distilbert",)
 
 
 @dataclass
@@ -70,6 +72,9 @@ class DistillConfig:
     test: str | None = None
     student_layers: int | None = None
     student_size: str | None = None
+    # "distilbert": a DistilBERT-format student (HF ``distilbert`` folder) from every other
+    # teacher layer, as the DistilBERT paper initialises it; None: the teacher's own family.
+    student_family: str | None = None
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 0.0
@@ -91,6 +96,12 @@ class DistillConfig:
                              f"{self.alpha}")
         if self.hidden_weight < 0:
             raise ValueError(f"the hidden-state loss weight must be >= 0, got {self.hidden_weight}")
+        if self.student_family not in (None, *STUDENT_FAMILIES):
+            raise ValueError(f"--student must be one of {', '.join(STUDENT_FAMILIES)}, got "
+                             f"{self.student_family!r}")
+        if self.student_family is not None and self.student_size is not None:
+            raise ValueError("a DistilBERT student is made from the teacher's layers: give "
+                             "--student-layers (or nothing), not --student-size")
 
 
 # ============================================================================ the loss
@@ -223,6 +234,50 @@ def make_student(teacher: BertForSequenceClassification, student_layers: int | N
     return BertForSequenceClassification(config), teacher_layer_map(teacher_n, min(n, teacher_n))
 
 
+def make_distilbert_student(teacher: BertForSequenceClassification,
+                            student_layers: int | None = None
+                            ) -> tuple[DistilBertForSequenceClassification, list[int]]:
+    """A DistilBERT student of a BERT classifier and its layer map, initialised as the
+    DistilBERT paper does: every other teacher layer (``student_layers`` default L // 2, the
+    layers of :func:`teacher_layer_map`), the word and position embeddings and their
+    LayerNorm. DistilBERT has no token types: the teacher's type-0 row is added to every
+    position row, so a single text embeds exactly as in the teacher (the second text of a pair
+    loses its type-1 offset). The head: the pooler's dense initialises ``pre_classifier`` (its
+    tanh becomes DistilBERT's ReLU) and the classifier is copied."""
+    tconfig: BertConfig = teacher.config
+    if tconfig.model_type != "bert" or tconfig.pruned_heads:
+        raise ValueError(f"a DistilBERT student is made from a BERT teacher without pruned "
+                         f"heads; this teacher is a {tconfig.model_type} model"
+                         + (" with pruned heads" if tconfig.pruned_heads else ""))
+    teacher_n = tconfig.num_hidden_layers
+    n = student_layers if student_layers is not None else max(1, teacher_n // 2)
+    if not 1 <= n < teacher_n:
+        raise ValueError(f"--student-layers must be between 1 and {teacher_n - 1} (the "
+                         f"teacher has {teacher_n} layers), got {n}")
+    fields = ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+              "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+              "max_position_embeddings", "initializer_range", "pad_token_id", "problem_type")
+    config = DistilBertConfig(
+        num_hidden_layers=n, layer_norm_eps=tconfig.layer_norm_eps,
+        id2label=dict(tconfig.id2label), label2id=dict(tconfig.label2id),
+        extra={k: v for k, v in tconfig.extra.items() if k.startswith(SETTINGS_PREFIX)},
+        **{name: getattr(tconfig, name) for name in fields})
+    student = DistilBertForSequenceClassification(config)
+    layer_map = teacher_layer_map(teacher_n, n)
+    source, target = teacher.bert.embeddings, student.bert.embeddings
+    with torch.no_grad():
+        target.word_embeddings.weight.copy_(source.word_embeddings.weight)
+        target.position_embeddings.weight.copy_(source.position_embeddings.weight
+                                                + source.token_type_embeddings.weight[0])
+        target.LayerNorm.load_state_dict(source.LayerNorm.state_dict())
+        for j, i in enumerate(layer_map):
+            student.bert.encoder.layers[j].load_state_dict(
+                teacher.bert.encoder.layers[i].state_dict())
+        student.pre_classifier.load_state_dict(teacher.bert.pooler.dense.state_dict())
+        student.classifier.load_state_dict(teacher.classifier.state_dict())
+    return student, layer_map
+
+
 # ============================================================================ the run
 
 
@@ -270,7 +325,10 @@ def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
               if path is not None}
 
     set_seed(training.seed)  # a fresh student's initialisation is part of the run's seed
-    student, layer_map = make_student(teacher, cfg.student_layers, cfg.student_size)
+    if cfg.student_family == "distilbert":
+        student, layer_map = make_distilbert_student(teacher, cfg.student_layers)
+    else:
+        student, layer_map = make_student(teacher, cfg.student_layers, cfg.student_size)
     distiller = Distiller(student, teacher, cfg.temperature, cfg.alpha, cfg.hidden_weight,
                           layer_map)
     eval_batch_size = training.eval_batch_size or max(64, training.batch_size)
@@ -287,6 +345,7 @@ def _distill_into(cfg: DistillConfig, training) -> dict[str, Any]:
           f"{teacher.num_parameters():,} parameters) into a student of "
           f"{student.config.num_hidden_layers} layers x {student.config.hidden_size} "
           f"({student.num_parameters():,} parameters, "
+          + ("DistilBERT format, " if cfg.student_family else "")
           + (f"initialised from teacher layers {layer_map}" if cfg.student_size is None
              else f"fresh {cfg.student_size} model") + f"); T={cfg.temperature}, "
           f"alpha={cfg.alpha}, hidden-state loss weight {cfg.hidden_weight}")

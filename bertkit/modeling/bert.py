@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertkit.checkpoint import load_model, save_model
-from bertkit.config import BertConfig
+from bertkit.config import BertConfig, read_config_file
 from bertkit.modeling.layers import (ACTIVATIONS, BertEmbeddings, EncoderLayer, PackedBatch,
-                                     init_transformer_weights, pack_batch, padding_mask_bias)
+                                     WindowMask, init_transformer_weights, pack_batch,
+                                     padding_mask_bias)
 
 # The label value every loss in bertkit skips (padding, special tokens, non-first sub-tokens,
 # unmasked positions): torch's cross_entropy default, and what transformers' collators write.
@@ -85,6 +86,7 @@ class BertPreTrainedModel(nn.Module):
     """Weight initialisation and HF-folder loading/saving shared by every BERT class."""
 
     config: BertConfig
+    config_class: type[BertConfig] = BertConfig  # the family's config (RobertaConfig ...)
 
     def init_weights(self) -> None:
         """BERT's initialisation: N(0, initializer_range) for matrices, zero biases, unit
@@ -101,8 +103,12 @@ class BertPreTrainedModel(nn.Module):
         """Load an HF-format folder (``config.json`` + ``model.safetensors`` or
         ``pytorch_model.bin``). ``config_overrides`` set config fields first (e.g.
         ``num_labels=3``, ``id2label={...}``, ``hidden_dropout_prob=0.0``). Head weights the
-        folder lacks are initialised fresh and reported; see :func:`bertkit.checkpoint.load_model`."""
-        return load_model(cls, folder, strict=strict, verbose=verbose, **config_overrides)
+        folder lacks are initialised fresh and reported; see :func:`bertkit.checkpoint.load_model`.
+
+        The folder's ``model_type`` chooses the family: ``BertForSequenceClassification`` on a
+        RoBERTa folder builds ``RobertaForSequenceClassification`` (see :func:`family_class`)."""
+        return load_model(family_class(cls, folder), folder, strict=strict, verbose=verbose,
+                          **config_overrides)
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` with HF parameter names."""
@@ -115,14 +121,44 @@ class BertPreTrainedModel(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def resize_token_embeddings(self, new_size: int) -> nn.Embedding:
+        """Grow the word embedding table to ``new_size`` rows (V -> V', for tokens added to
+        the tokenizer, see :meth:`bertkit.Tokenizer.add_tokens`): the V old rows are kept, the
+        new ones drawn as BERT initialises them (N(0, initializer_range)); an MLM head's
+        per-word bias grows with zeros. ``config.vocab_size`` follows, so the saved folder
+        loads in transformers. A smaller ``new_size`` is a ValueError. Returns the table."""
+        table = next(m for m in self.modules() if isinstance(m, BertEmbeddings)).word_embeddings
+        old_size = table.num_embeddings
+        if new_size < old_size:
+            raise ValueError(f"cannot shrink the embedding table from {old_size} to {new_size} rows")
+        if new_size > old_size:
+            added = table.weight.new_empty(new_size - old_size, table.embedding_dim)  # (V'-V, E)
+            nn.init.normal_(added, std=self.config.initializer_range)
+            table.weight = nn.Parameter(torch.cat([table.weight.detach(), added]))  # (V', E)
+            table.num_embeddings = new_size
+            for head in (m for m in self.modules() if isinstance(m, MaskedLMHead)):
+                head.bias = nn.Parameter(torch.cat(
+                    [head.bias.detach(), head.bias.new_zeros(new_size - old_size)]))  # (V',)
+        self.config.vocab_size = new_size
+        return table
+
 
 # ---------------------------------------------------------------------------- the encoder
 class BertEncoder(nn.Module):
+    """The encoder layers, run in ``config.layer_order()`` (ALBERT runs shared layers several
+    times; ``layers`` holds each distinct layer once), after ``embedding_projection`` (E -> H)
+    when the config factorises the embeddings (ALBERT)."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
+        order = config.layer_order()
         # A head-pruned config gives each layer its own head count.
-        self.layers = nn.ModuleList(EncoderLayer(config, len(config.kept_heads(i)))
-                                    for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(EncoderLayer(config, len(config.kept_heads(i)),
+                                                 config.local_window(i))
+                                    for i in range(max(order) + 1))
+        self.order = None if order == list(range(len(self.layers))) else order
+        self.embedding_projection = nn.Linear(config.embedding_dim, config.hidden_size) \
+            if config.projects_embeddings else None
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None, output_attentions: bool,
                 output_hidden_states: bool, packed: PackedBatch | None = None,
@@ -130,9 +166,12 @@ class BertEncoder(nn.Module):
         """hidden (B, T, H), or (N, H) real tokens with ``packed`` -> the last layer's output,
         every layer's (if asked, embeddings first), every layer's attention probabilities (if
         asked; never with ``packed``)."""
+        if self.embedding_projection is not None:
+            hidden = self.embedding_projection(hidden)                        # (B, T, H) or (N, H)
         all_hidden = [hidden] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
-        for layer in self.layers:
+        layers = self.layers if self.order is None else [self.layers[i] for i in self.order]
+        for layer in layers:
             hidden, probs = layer(hidden, bias, output_attentions, packed)  # (B, T, H) or (N, H)
             if output_hidden_states:
                 all_hidden.append(hidden)
@@ -190,9 +229,13 @@ class BertModel(BertPreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, output_attentions: bool = False,
-                output_hidden_states: bool = False) -> BertOutput:
+                output_hidden_states: bool = False,
+                global_attention_mask: torch.Tensor | None = None) -> BertOutput:
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if self.config.local_window(0) is not None:  # Longformer: sliding-window attention
+            return self._windowed_forward(input_ids, attention_mask, token_type_ids,
+                                          output_hidden_states, global_attention_mask)
         if (self.unpad and attention_mask is not None and not output_attentions
                 and not _exporting() and not bool(attention_mask.all())):
             return self._unpadded_forward(input_ids, attention_mask, token_type_ids,
@@ -208,6 +251,19 @@ class BertModel(BertPreTrainedModel):
             hidden, bias, output_attentions, output_hidden_states)
         pooled = self.pooler(hidden) if self.pooler is not None else None    # (B, H)
         return BertOutput(hidden, pooled, all_hidden, all_attentions)
+
+    def _windowed_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                          token_type_ids: torch.Tensor | None, output_hidden_states: bool,
+                          global_attention_mask: torch.Tensor | None) -> BertOutput:
+        """Sliding-window attention with global tokens (``global_attention_mask`` (B, T), 1 =
+        global) on the padded path; no attention maps (they are not (T, T) matrices)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = WindowMask.build(attention_mask, global_attention_mask)
+        hidden = self.embeddings(input_ids, token_type_ids)                   # (B, T, H)
+        hidden, all_hidden, _ = self.encoder(hidden, mask, False, output_hidden_states)
+        pooled = self.pooler(hidden) if self.pooler is not None else None    # (B, H)
+        return BertOutput(hidden, pooled, all_hidden, None)
 
     def _unpadded_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           token_type_ids: torch.Tensor | None,
@@ -243,11 +299,13 @@ class MaskedLMHead(nn.Module):
     """Dense + activation + LayerNorm, then a projection onto the vocabulary whose matrix is
     the word embedding matrix (tied, as in BERT) plus a per-word bias."""
 
-    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding,
+                 activation: str | None = None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = ACTIVATIONS[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        width = word_embeddings.embedding_dim  # E: H, or ALBERT's factorised width
+        self.dense = nn.Linear(config.hidden_size, width)
+        self.activation = ACTIVATIONS[activation or config.hidden_act]  # RoBERTa: always gelu
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.word_embeddings = [word_embeddings]  # a list: tied, not a second registered copy
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
@@ -309,11 +367,13 @@ class BertForPreTraining(BertPreTrainedModel):
 class BertForMaskedLM(BertPreTrainedModel):
     """BERT with the masked-language-model head only (no pooler, as in transformers)."""
 
+    mlm_activation: str | None = None  # the head's activation (None: the config's hidden_act)
+
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.mlm = MaskedLMHead(config, self.bert.embeddings.word_embeddings)
+        self.mlm = MaskedLMHead(config, self.bert.embeddings.word_embeddings, self.mlm_activation)
         self.init_weights()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -454,3 +514,46 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 HEAD_CLASSES = {cls.__name__: cls for cls in (
     BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
     BertForTokenClassification, BertForQuestionAnswering)}
+
+
+# ---------------------------------------------------------------------------- the BERT family
+# (model_type, BERT class name) -> the family's class: RoBERTa, DistilBERT and ALBERT modules
+# register theirs (register_family_class), and bertkit/__init__.py imports every family, so
+# the table is full once bertkit is imported. HEAD_CLASSES gets them by name too.
+FAMILY_CLASSES: dict[tuple[str, str], type[BertPreTrainedModel]] = {}
+
+
+def register_family_class(cls: type[BertPreTrainedModel], bert_class: type) -> None:
+    """Make ``cls`` (of ``cls.config_class``'s family) the family's version of ``bert_class``."""
+    model_type = cls.config_class.__dataclass_fields__["model_type"].default
+    cls.bert_class = bert_class
+    FAMILY_CLASSES[(model_type, bert_class.__name__)] = cls
+    HEAD_CLASSES[cls.__name__] = cls
+
+
+def bert_class_name(name: str) -> str:
+    """The BERT class a family class name stands for (``RobertaForMaskedLM`` ->
+    ``BertForMaskedLM``); other names unchanged."""
+    cls = HEAD_CLASSES.get(name)
+    return getattr(cls, "bert_class", cls).__name__ if cls is not None else name
+
+
+def family_class(cls: type, folder: str | os.PathLike) -> type:
+    """The class to build for ``folder``: ``cls`` when the folder is of its family, else the
+    folder family's version of ``cls``'s BERT class. A model class bertkit does not register
+    (a task's own encoder wrapper) is kept: its BertModel follows the config."""
+    if not os.path.isfile(os.path.join(os.fspath(folder), "config.json")):
+        return cls  # load_model reports the missing folder or file
+    model_type = read_config_file(folder)[1].get("model_type", "bert")
+    own = getattr(cls, "config_class", BertConfig).__dataclass_fields__["model_type"].default
+    if model_type == own:
+        return cls
+    bert_class = getattr(cls, "bert_class", cls)
+    if (model_type, bert_class.__name__) in FAMILY_CLASSES:
+        return FAMILY_CLASSES[(model_type, bert_class.__name__)]
+    if model_type == "bert" and bert_class.__name__ in HEAD_CLASSES:
+        return bert_class
+    if bert_class.__name__ in HEAD_CLASSES:
+        raise ValueError(f"{os.fspath(folder)} is a {model_type} model, and bertkit has no "
+                         f"{model_type} version of {bert_class.__name__}")
+    return cls

@@ -221,6 +221,79 @@ def length_buckets(lengths: list[int]) -> list[list[int]]:
     return buckets
 
 
+# ---------------------------------------------------------------------------- sliding window
+@dataclass
+class WindowMask:
+    """The masks of sliding-window attention with global tokens (Longformer), for a batch:
+    ``padding`` and ``is_global`` (B, T) bools; ``global_index`` (B, G) the positions of each
+    row's global tokens (G the most any row has), ``global_valid`` (B, G) which are real."""
+    padding: torch.Tensor
+    is_global: torch.Tensor
+    global_index: torch.Tensor
+    global_valid: torch.Tensor
+
+    @classmethod
+    def build(cls, attention_mask: torch.Tensor,
+              global_attention_mask: torch.Tensor | None) -> "WindowMask":
+        """From (B, T) 1/0 ``attention_mask`` and 1/0 ``global_attention_mask`` (None: none)."""
+        padding = ~attention_mask.to(torch.bool)                               # (B, T)
+        is_global = torch.zeros_like(padding) if global_attention_mask is None \
+            else global_attention_mask.to(torch.bool) & ~padding               # (B, T)
+        counts = is_global.sum(dim=1)                                          # (B,)
+        most = int(counts.max()) if counts.numel() else 0
+        # Stable sort puts each row's global positions first, in order.
+        order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)  # (B, T)
+        global_index = order[:, :most]                                         # (B, G)
+        global_valid = torch.arange(most, device=padding.device)[None, :] < counts[:, None]
+        return cls(padding, is_global, global_index, global_valid)
+
+
+def sliding_window_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             window: int, mask: WindowMask,
+                             dropout_p: float = 0.0) -> torch.Tensor:
+    """Each query attends to the keys at most ``window`` positions away (padding and global
+    keys excluded) and to every global key; time and memory are O(T * window).
+
+    Queries are taken in blocks of ``window``; block b sees the 3 * ``window`` keys from
+    (b - 1) * window, of which a band keeps exactly those within ``window``. The scores of
+    local and global keys share one softmax, as in Longformer.
+
+    Args: query (already scaled by 1/√D), key, value (B, N, T, D). Returns (B, N, T, D).
+    """
+    batch, heads, length, dim = query.shape
+    blocks = -(-length // window)
+    pad = blocks * window - length
+    lowest = torch.finfo(query.dtype).min
+    excluded = F.pad(mask.padding | mask.is_global, (window, window + pad), value=True)
+    excluded = excluded.unfold(1, 3 * window, window)[:, None, :, None, :]   # (B, 1, nb, 1, 3w)
+    rows = torch.arange(window, device=query.device)[:, None]
+    cols = torch.arange(3 * window, device=query.device)[None, :]
+    outside = (cols < rows) | (cols > rows + 2 * window)                      # (w, 3w)
+    q = F.pad(query, (0, 0, 0, pad)).view(batch, heads, blocks, window, dim)  # (B, N, nb, w, D)
+    k = F.pad(key, (0, 0, window, window + pad)).unfold(2, 3 * window, window)  # (B,N,nb,D,3w)
+    v = F.pad(value, (0, 0, window, window + pad)).unfold(2, 3 * window, window)
+    scores = (q @ k).masked_fill_(outside | excluded, lowest)                 # (B, N, nb, w, 3w)
+    scores = scores.view(batch, heads, blocks * window, 3 * window)[:, :, :length]  # (B,N,T,3w)
+    has_global = mask.global_index.size(1) > 0
+    if has_global:
+        index = mask.global_index[:, None, :, None].expand(-1, heads, -1, dim)  # (B, N, G, D)
+        global_keys = key.gather(2, index)                                    # (B, N, G, D)
+        global_values = value.gather(2, index)                                # (B, N, G, D)
+        global_scores = (query @ global_keys.transpose(-2, -1)).masked_fill(
+            ~mask.global_valid[:, None, None, :], lowest)                     # (B, N, T, G)
+        scores = torch.cat([global_scores, scores], dim=-1)                   # (B, N, T, G+3w)
+    probs = F.dropout(scores.float().softmax(dim=-1).to(query.dtype), p=dropout_p)
+    local = probs[..., -3 * window:]                                          # (B, N, T, 3w)
+    if pad:
+        local = F.pad(local, (0, 0, 0, pad))                                  # (B, N, nb*w, 3w)
+    local = local.reshape(batch, heads, blocks, window, 3 * window)  # a copy only with globals
+    context = (local @ v.transpose(-2, -1)).view(batch, heads, blocks * window, dim)
+    context = context[:, :, :length]                                          # (B, N, T, D)
+    if has_global:
+        context = context + probs[..., :-3 * window] @ global_values          # (B, N, T, D)
+    return context
+
+
 ACTIVATIONS = {
     "gelu": F.gelu,  # the exact erf form of the original BERT
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -267,7 +340,7 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float,
-                 head_dim: int | None = None):
+                 head_dim: int | None = None, window: int | None = None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim or hidden_size // num_heads
@@ -277,6 +350,13 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, inner)
         self.value = nn.Linear(hidden_size, inner)
         self.prefix: nn.Module | None = None
+        # Sliding-window mode (Longformer): ``window`` keys on each side, and global tokens'
+        # own projections (a global token attends to every token).
+        self.window = window
+        if window is not None:
+            self.query_global = nn.Linear(hidden_size, inner)
+            self.key_global = nn.Linear(hidden_size, inner)
+            self.value_global = nn.Linear(hidden_size, inner)
 
     def forward(self, hidden: torch.Tensor, bias: torch.Tensor | None,
                 need_weights: bool = False,
@@ -287,6 +367,8 @@ class SelfAttention(nn.Module):
         (``bias`` and ``need_weights`` are not used)."""
         if packed is not None:
             return self._packed_forward(hidden, packed), None
+        if isinstance(bias, WindowMask):
+            return self._windowed_forward(hidden, bias), None
         q = split_heads(self.query(hidden), self.num_heads)                  # (B, N, T, D)
         k = split_heads(self.key(hidden), self.num_heads)                    # (B, N, T, D)
         v = split_heads(self.value(hidden), self.num_heads)                  # (B, N, T, D)
@@ -295,6 +377,33 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         context, probs = attention(q, k, v, bias, dropout_p, need_weights)
         return merge_heads(context), probs                                    # (B, T, N*D)
+
+    def _windowed_forward(self, hidden: torch.Tensor, mask: WindowMask) -> torch.Tensor:
+        """hidden (B, T, H) -> context (B, T, N*D): sliding-window attention for every token,
+        then full attention with the global projections for the global tokens."""
+        if self.window is None:
+            raise ValueError("a sliding-window mask needs a layer built with a window")
+        scale = 1.0 / math.sqrt(self.head_dim)
+        dropout_p = self.dropout if self.training else 0.0
+        q = split_heads(self.query(hidden), self.num_heads) * scale          # (B, N, T, D)
+        k = split_heads(self.key(hidden), self.num_heads)                    # (B, N, T, D)
+        v = split_heads(self.value(hidden), self.num_heads)                  # (B, N, T, D)
+        context = sliding_window_attention(q, k, v, self.window, mask, dropout_p)
+        context = context.transpose(1, 2)                                     # (B, T, N, D)
+        if mask.global_index.size(1) > 0:
+            rows, slots = mask.global_valid.nonzero(as_tuple=True)            # (K,) each
+            positions = mask.global_index[rows, slots]                        # (K,)
+            chosen = hidden.gather(1, mask.global_index[..., None].expand(-1, -1, hidden.size(-1)))
+            gq = split_heads(self.query_global(chosen), self.num_heads) * scale  # (B, N, G, D)
+            gk = split_heads(self.key_global(hidden), self.num_heads)         # (B, N, T, D)
+            gv = split_heads(self.value_global(hidden), self.num_heads)       # (B, N, T, D)
+            scores = (gq @ gk.transpose(-2, -1)).masked_fill(
+                mask.padding[:, None, None, :], torch.finfo(gq.dtype).min)   # (B, N, G, T)
+            probs = F.dropout(scores.float().softmax(dim=-1).to(gq.dtype), p=dropout_p)
+            global_context = (probs @ gv).transpose(1, 2)                    # (B, G, N, D)
+            context = context.clone()
+            context[rows, positions] = global_context[rows, slots]
+        return context.flatten(2)                                            # (B, T, N*D)
 
     def _packed_forward(self, hidden: torch.Tensor, packed: PackedBatch) -> torch.Tensor:
         """hidden (N, H) -> context (N, N*D): one attention call per length group."""
@@ -342,12 +451,13 @@ class EncoderLayer(nn.Module):
     the attention output projection then reads N*D < H features.
     """
 
-    def __init__(self, config: BertConfig, num_heads: int | None = None):
+    def __init__(self, config: BertConfig, num_heads: int | None = None,
+                 window: int | None = None):
         super().__init__()
         hidden = config.hidden_size
         heads = config.num_attention_heads if num_heads is None else num_heads
         self.attention = SelfAttention(hidden, heads, config.attention_probs_dropout_prob,
-                                       head_dim=config.head_dim)
+                                       head_dim=config.head_dim, window=window)
         self.attention_output = nn.Linear(heads * config.head_dim, hidden)
         self.attention_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.ffn = FeedForward(hidden, config.intermediate_size, config.hidden_act)
@@ -397,21 +507,32 @@ class EncoderLayer(nn.Module):
 
 
 class BertEmbeddings(nn.Module):
-    """Word + learned absolute position + token type embeddings, LayerNorm, dropout."""
+    """Word + learned absolute position + token type embeddings, LayerNorm, dropout.
+
+    The BERT family's variants are config values: RoBERTa counts positions from
+    ``position_offset`` (pad_token_id + 1) over the non-padding tokens and has one token type
+    (any token type id given is read as 0); DistilBERT has no token type table; ALBERT's
+    embeddings are ``embedding_dim`` (E) wide, projected to H by the encoder."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.max_positions = config.max_position_embeddings
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+        width = config.embedding_dim                                           # E (= H but ALBERT)
+        self.max_positions = config.max_tokens
+        self.position_offset = config.position_offset
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, width,
                                             padding_idx=config.pad_token_id)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, width,
+            padding_idx=config.pad_token_id if self.position_offset else None)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, width) \
+            if config.uses_token_types else None
+        self.LayerNorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
                 packed: PackedBatch | None = None) -> torch.Tensor:
-        """input_ids, token_type_ids (B, T) -> (B, T, H); with ``packed``, (N, H): the sum of
+        """input_ids, token_type_ids (B, T) -> (B, T, E); with ``packed``, (N, E): the sum of
         the three embeddings is taken on the (B, T) grid (positions are grid columns), then
         only the real tokens go through LayerNorm and dropout."""
         length = input_ids.size(1)
@@ -419,12 +540,23 @@ class BertEmbeddings(nn.Module):
             raise ValueError(f"input has {length} tokens but the model takes at most "
                              f"{self.max_positions} (max_position_embeddings); truncate it, e.g. "
                              f"tokenizer(..., truncation=True, max_length={self.max_positions})")
-        positions = torch.arange(length, device=input_ids.device)            # (T,)
-        embedded = self.word_embeddings(input_ids) + self.position_embeddings(positions)
-        if token_type_ids is None:
-            embedded = embedded + self.token_type_embeddings.weight[0]
-        else:
-            embedded = embedded + self.token_type_embeddings(token_type_ids)
+        embedded = self.word_embeddings(input_ids) + self.position_embeddings(
+            self.position_ids(input_ids))                                      # (B, T, E)
+        types = self.token_type_embeddings
+        if types is not None:
+            if token_type_ids is None or types.num_embeddings == 1:
+                embedded = embedded + types.weight[0]
+            else:
+                embedded = embedded + types(token_type_ids)
         if packed is not None:
-            embedded = packed.pack(embedded)                                  # (N, H)
-        return self.dropout(self.LayerNorm(embedded))                         # (B, T, H) or (N, H)
+            embedded = packed.pack(embedded)                                  # (N, E)
+        return self.dropout(self.LayerNorm(embedded))                         # (B, T, E) or (N, E)
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> positions: (T,) 0..T-1 (BERT), or (B, T) for RoBERTa: the real tokens
+        numbered from ``position_offset`` in order, padding ids at ``padding_idx`` (the rule
+        of transformers' create_position_ids_from_input_ids)."""
+        if not self.position_offset:
+            return torch.arange(input_ids.size(1), device=input_ids.device)  # (T,)
+        real = (input_ids != self.padding_idx).long()                         # (B, T)
+        return real.cumsum(dim=1) * real + self.padding_idx                   # (B, T)

@@ -1,5 +1,7 @@
-"""The encoder-decoder Transformer (Vaswani et al., 2017, "Attention Is All You Need") and
-generation: greedy, beam search and sampling, with a key/value cache for incremental decoding.
+"""The encoder-decoder Transformer (Vaswani et al., 2017, "Attention Is All You Need"). Its
+generation (greedy, beam search, sampling, the key/value cache) is
+:mod:`bertkit.modeling.generation`, shared with the decoder-only LM; :meth:`generate` binds
+the encoded sources to it.
 
 Shapes use this legend:
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +47,11 @@ from bertkit.checkpoint import WEIGHTS_NAME, from_hf_name, read_state_dict
 from bertkit.config import (CONFIG_NAME, SIZE_LIMITS, BertConfig, FieldChecker,
                             config_from_file, read_config_file, write_config_file)
 from bertkit.modeling.bert import IGNORE_INDEX
+# KVCache, LayerCache, length_penalty and sample_next_tokens are also this module's names
+# (they lived here before generation.py was shared).
+from bertkit.modeling.generation import (Decoder, GenerationOutput, GenerationSettings, KVCache,
+                                         LayerCache, length_penalty, rows_per_input,
+                                         run_decoding, sample_next_tokens)
 from bertkit.modeling.layers import (ACTIVATIONS, FeedForward, SelfAttention, attention,
                                      causal_mask_bias, init_transformer_weights, merge_heads,
                                      padding_mask_bias, split_heads)
@@ -255,17 +263,6 @@ class Seq2SeqOutput:
     encoder_last_hidden_state: torch.Tensor  # (B, S, H)
 
 
-@dataclass
-class GenerationOutput:
-    """What :meth:`TransformerSeq2Seq.generate` returns; rows are grouped by source (the R
-    sequences of source b are rows b*R ... b*R+R-1, best first)."""
-
-    sequences: torch.Tensor             # (B*R, L) generated ids (no bos), eos if produced, then pad
-    scores: torch.Tensor                # (B*R,) sum of the log-probs of the generated tokens
-    normalized_scores: torch.Tensor     # (B*R,) scores / lp(lengths): the ranking score
-    lengths: torch.Tensor               # (B*R,) generated tokens counted in scores (eos included)
-
-
 # ============================================================================ building blocks
 def sinusoidal_position_encoding(num_positions: int, d_model: int) -> torch.Tensor:
     """The paper's encodings, (num_positions, d_model):
@@ -277,12 +274,6 @@ def sinusoidal_position_encoding(num_positions: int, d_model: int) -> torch.Tens
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles)
     return table.float()
-
-
-def length_penalty(length: torch.Tensor | float, alpha: float) -> torch.Tensor | float:
-    """GNMT's length penalty (Wu et al., 2016): ``((5 + length) / 6) ** alpha``; 1 when
-    alpha = 0 (plain sum of log-probs)."""
-    return ((5.0 + length) / 6.0) ** alpha
 
 
 class Seq2SeqEmbeddings(nn.Module):
@@ -351,41 +342,6 @@ class MultiHeadAttention(nn.Module):
         return merge_heads(context)                                                 # (B, T, H)
 
 
-@dataclass
-class LayerCache:
-    """One decoder layer's cached keys/values."""
-
-    self_keys: torch.Tensor | None = None      # (B, N, P, D)
-    self_values: torch.Tensor | None = None    # (B, N, P, D)
-    cross_keys: torch.Tensor | None = None     # (B, N, S, D)
-    cross_values: torch.Tensor | None = None   # (B, N, S, D)
-
-
-class KVCache:
-    """Keys/values of every decoder layer for incremental decoding: self-attention entries grow
-    by one position per step, cross-attention entries are computed on the first step and kept.
-    Create an empty one with ``KVCache(config.decoder_layers)`` and pass it to every
-    :meth:`TransformerSeq2Seq.decode` call of one decoding run."""
-
-    def __init__(self, num_layers: int):
-        self.layers = [LayerCache() for _ in range(num_layers)]
-
-    @property
-    def length(self) -> int:
-        """P: target positions already cached."""
-        keys = self.layers[0].self_keys
-        return 0 if keys is None else keys.size(2)
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep the self-attention entries of ``rows`` (a (B,) index; beam search's surviving
-        beams). Cross-attention entries are left alone: beam search only moves rows among the
-        beams of one source, whose cross-attention keys/values are identical."""
-        for layer in self.layers:
-            if layer.self_keys is not None:
-                layer.self_keys = layer.self_keys.index_select(0, rows)
-                layer.self_values = layer.self_values.index_select(0, rows)
-
-
 class Seq2SeqEncoderLayer(nn.Module):
     """Self-attention + feed-forward, post-LN (paper) or pre-LN. The module names are BERT's
     encoder layer's (``attention``, ``attention_output``, ``attention_norm``, ``ffn``,
@@ -446,10 +402,7 @@ class Seq2SeqDecoderLayer(nn.Module):
         def self_attend(x: torch.Tensor) -> torch.Tensor:
             keys, values = self.self_attention.keys_values(x)                      # (B, N, T, D)
             if cache is not None:
-                if cache.self_keys is not None:
-                    keys = torch.cat([cache.self_keys, keys], dim=2)                # (B, N, P+T, D)
-                    values = torch.cat([cache.self_values, values], dim=2)
-                cache.self_keys, cache.self_values = keys, values
+                keys, values = cache.append(keys, values)                           # (B, N, P+T, D)
             return self.self_attention_output(self.self_attention(x, keys, values, self_bias))
 
         def cross_attend(x: torch.Tensor) -> torch.Tensor:
@@ -631,8 +584,10 @@ class TransformerSeq2Seq(nn.Module):
                  length_penalty: float = 1.0, early_stopping: bool = True,
                  num_return_sequences: int = 1, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> GenerationOutput:
-        """Generate target sequences for a batch of sources.
+                 repetition_penalty: float = 1.0, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> GenerationOutput:
+        """Generate target sequences for a batch of sources (the search itself is
+        :mod:`bertkit.modeling.generation`, shared with the decoder-only LM).
 
         Args:
             input_ids, attention_mask: (B, S) source ids and 1/0 mask (padding anywhere).
@@ -656,6 +611,7 @@ class TransformerSeq2Seq(nn.Module):
             do_sample: sample each token from softmax(log-probs / temperature), restricted to
                 the ``top_k`` most likely tokens (0 = all) and to the smallest set whose
                 probability reaches ``top_p`` (nucleus); ``generator`` makes it reproducible.
+            repetition_penalty: CTRL's penalty on target tokens already generated (1 = off).
             use_cache: decode incrementally with a :class:`KVCache`; False recomputes the whole
                 prefix every step (same results, for checking and benchmarks).
 
@@ -669,190 +625,40 @@ class TransformerSeq2Seq(nn.Module):
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if max_length is None:
             max_length = min(config.max_position_embeddings, 2 * input_ids.size(1) + 10)
-        if not 1 <= max_length <= config.max_position_embeddings:
-            raise ValueError(f"max_length must be in [1, {config.max_position_embeddings}] "
-                             f"(max_position_embeddings), got {max_length}")
-        if num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        if num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
-        if do_sample and num_beams > 1:
-            raise ValueError("do_sample=True with num_beams > 1 (beam sampling) is not supported")
-        if num_beams > 1 and num_return_sequences > num_beams:
-            raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= "
-                             f"num_beams ({num_beams})")
-        if num_beams == 1 and not do_sample and num_return_sequences > 1:
-            raise ValueError("greedy decoding returns one sequence per source; use num_beams >= "
-                             "num_return_sequences or do_sample=True")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-
+        settings = GenerationSettings(
+            max_new_tokens=max_length, min_new_tokens=min_length, num_beams=num_beams,
+            length_penalty=length_penalty, early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences, do_sample=do_sample,
+            temperature=temperature, top_k=top_k, top_p=top_p,
+            repetition_penalty=repetition_penalty, use_cache=use_cache)
+        settings.check(config.max_position_embeddings, "max_length", "max_position_embeddings")
         was_training = self.training
         self.eval()  # dropout off: generation is inference
         try:
+            copies = rows_per_input(settings)
             memory = self.encode(input_ids, attention_mask)                         # (B, S, H)
             memory_bias = self._memory_bias(attention_mask, memory.dtype)           # (B, 1, 1, S)
-            if num_beams > 1:
-                return self._beam_search(memory, memory_bias, max_length, min_length, num_beams,
-                                         length_penalty, early_stopping, num_return_sequences,
-                                         use_cache)
-            return self._greedy_or_sample(memory, memory_bias, max_length, min_length,
-                                          num_return_sequences, do_sample, temperature, top_k,
-                                          top_p, length_penalty, use_cache, generator)
+            if copies > 1:
+                memory = memory.repeat_interleave(copies, dim=0)                    # (B*R, S, H)
+                if memory_bias is not None:
+                    memory_bias = memory_bias.repeat_interleave(copies, dim=0)      # (B*R, 1, 1, S)
+            prefix = memory.new_full((memory.size(0), 1), config.bos_token_id,
+                                     dtype=torch.long)                              # (B*R, 1)
+            return run_decoding(self.decoder_for(memory, memory_bias), prefix, settings,
+                                generator)
         finally:
             self.train(was_training)
 
-    def _step_logprobs(self, tokens: torch.Tensor, memory: torch.Tensor,
-                       memory_bias: torch.Tensor | None, cache: KVCache | None,
-                       generated: int, min_length: int) -> torch.Tensor:
-        """Log-probs (B, V) of the next token after ``tokens`` (B, 1 + generated), bos first."""
-        if cache is not None:
-            logits = self._decode(tokens[:, -1:], memory, memory_bias, cache)[:, -1]   # (B, V)
-        else:
-            logits = self._decode(tokens, memory, memory_bias, None)[:, -1]            # (B, V)
-        logits = logits.float()
-        if generated < min_length:
-            logits[:, self.config.eos_token_id] = -math.inf
-        return logits.log_softmax(dim=-1)                                               # (B, V)
+    def decoder_for(self, memory: torch.Tensor, memory_bias: torch.Tensor | None) -> Decoder:
+        """This model as generation sees it, for sources encoded as ``memory`` (B, S, H)."""
 
-    def _greedy_or_sample(self, memory, memory_bias, max_length, min_length, copies, do_sample,
-                          temperature, top_k, top_p, alpha, use_cache, generator) -> GenerationOutput:
+        def step(tokens: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+            new = tokens if cache is None else tokens[:, cache.length:]             # (B, T)
+            return self._decode(new, memory, memory_bias, cache)[:, -1]             # (B, V)
+
         config = self.config
-        if copies > 1:
-            memory = memory.repeat_interleave(copies, dim=0)                        # (B*R, S, H)
-            if memory_bias is not None:
-                memory_bias = memory_bias.repeat_interleave(copies, dim=0)
-        rows = memory.size(0)
-        tokens = memory.new_full((rows, 1), config.bos_token_id, dtype=torch.long)  # (B*R, 1)
-        finished = torch.zeros(rows, dtype=torch.bool, device=memory.device)
-        scores = torch.zeros(rows, device=memory.device)
-        lengths = torch.zeros(rows, dtype=torch.long, device=memory.device)
-        cache = KVCache(config.decoder_layers) if use_cache else None
-        for step in range(max_length):
-            logprobs = self._step_logprobs(tokens, memory, memory_bias, cache, step, min_length)
-            if do_sample:
-                choice = sample_next_tokens(logprobs, temperature, top_k, top_p,
-                                            generator)                              # (B*R,)
-            else:
-                choice = logprobs.argmax(dim=-1)                                    # (B*R,)
-            chosen_logprob = logprobs.gather(1, choice[:, None]).squeeze(1)
-            scores += chosen_logprob.masked_fill(finished, 0.0)
-            lengths += (~finished).long()
-            choice = choice.masked_fill(finished, config.pad_token_id)
-            tokens = torch.cat([tokens, choice[:, None]], dim=1)                    # (B*R, 1+step+1)
-            finished |= choice == config.eos_token_id
-            if bool(finished.all()):
-                break
-        normalized = scores / length_penalty(lengths.float(), alpha)
-        return GenerationOutput(tokens[:, 1:], scores, normalized, lengths)
+        return Decoder(step, config.decoder_layers, config.eos_token_id, config.pad_token_id)
 
-    def _beam_search(self, memory, memory_bias, max_length, min_length, beams, alpha,
-                     early_stopping, n_best, use_cache) -> GenerationOutput:
-        config = self.config
-        batch, device = memory.size(0), memory.device
-        memory = memory.repeat_interleave(beams, dim=0)                             # (B*K, S, H)
-        if memory_bias is not None:
-            memory_bias = memory_bias.repeat_interleave(beams, dim=0)               # (B*K, 1, 1, S)
-        tokens = memory.new_full((batch * beams, 1), config.bos_token_id, dtype=torch.long)
-        # Only the first beam of each source is live at the start: the others would duplicate it.
-        beam_scores = torch.full((batch, beams), -math.inf, device=device)          # (B, K)
-        beam_scores[:, 0] = 0.0
-        cache = KVCache(config.decoder_layers) if use_cache else None
-        hypotheses: list[list[tuple[float, float, torch.Tensor]]] = [[] for _ in range(batch)]
-        done = [False] * batch
-
-        def add_hypothesis(b: int, score: float, sequence: torch.Tensor) -> None:
-            normalized = score / length_penalty(float(sequence.numel()), alpha)
-            hypotheses[b].append((normalized, score, sequence))
-            hypotheses[b].sort(key=lambda h: h[0], reverse=True)
-            del hypotheses[b][beams:]
-
-        next_scores = beam_scores.cpu()
-        for step in range(max_length):
-            generated = step + 1  # length of a hypothesis once this step's token is appended
-            logprobs = self._step_logprobs(tokens, memory, memory_bias, cache, step, min_length)
-            vocab = logprobs.size(-1)
-            candidates = (beam_scores.view(-1, 1) + logprobs).view(batch, beams * vocab)  # (B, K*V)
-            # 2K candidates: even if K of them end with eos, K live beams remain.
-            top_scores, top_index = candidates.topk(min(2 * beams, beams * vocab), dim=1)  # (B, 2K)
-            top_scores, top_index = top_scores.tolist(), top_index.tolist()
-            # Built on the CPU, element by element, then moved in one copy.
-            next_scores = torch.full((batch, beams), -math.inf)                     # (B, K)
-            next_tokens = torch.full((batch, beams), config.pad_token_id, dtype=torch.long)
-            next_rows = torch.arange(batch * beams).view(batch, beams)              # (B, K)
-            for b in range(batch):
-                if done[b]:
-                    continue  # keeps feeding pad to its rows; their scores stay -inf
-                kept = 0
-                for rank, (score, index) in enumerate(zip(top_scores[b], top_index[b])):
-                    if score == -math.inf:
-                        break
-                    beam, token = divmod(index, vocab)
-                    row = b * beams + beam
-                    if token == config.eos_token_id:
-                        # As in transformers: an eos ranked below the top K does not end a
-                        # hypothesis (this makes beam search with K = 1 exactly greedy).
-                        if rank < beams:
-                            add_hypothesis(b, score, torch.cat([tokens[row, 1:].cpu(),
-                                                                torch.tensor([token])]))
-                        continue
-                    next_scores[b, kept], next_tokens[b, kept], next_rows[b, kept] = score, token, row
-                    kept += 1
-                    if kept == beams:
-                        break
-                done[b] = self._beam_done(hypotheses[b], beams, float(next_scores[b, 0]),
-                                          generated, max_length, alpha, early_stopping)
-            next_rows = next_rows.view(-1).to(device)                               # (B*K,)
-            tokens = torch.cat([tokens.index_select(0, next_rows),
-                                next_tokens.view(-1, 1).to(device)], dim=1)         # (B*K, 1+generated)
-            if cache is not None:
-                cache.reorder(next_rows)
-            beam_scores = next_scores.to(device)
-            if all(done):
-                break
-        # Sources still searching at max_length: their live beams end there without eos.
-        for b in range(batch):
-            if not done[b]:
-                for k in range(beams):
-                    score = float(next_scores[b, k])
-                    if score > -math.inf:
-                        add_hypothesis(b, score, tokens[b * beams + k, 1:].cpu())
-        return self._collect(hypotheses, n_best)
-
-    @staticmethod
-    def _beam_done(kept: list, beams: int, best_live: float, generated: int, max_length: int,
-                   alpha: float, early_stopping: bool) -> bool:
-        """Can the search for one source stop? ``kept`` holds its best finished hypotheses,
-        best first; ``best_live`` is the summed log-prob of its best live beam, ``generated``
-        tokens long."""
-        if len(kept) < beams:
-            return best_live == -math.inf  # no live beam left (all candidates ended)
-        # A live beam's summed log-prob only falls as it grows (log-probs <= 0), so the best
-        # normalised score it can still reach is that sum over the largest penalty it can get:
-        # at its current length for alpha <= 0 (exact), at max_length for alpha > 0 (exact:
-        # early_stopping=False) -- or, with early_stopping, at its current length (the usual
-        # heuristic: the penalty's growth from here on is ignored).
-        length = max_length if alpha > 0 and not early_stopping else generated
-        return best_live / length_penalty(float(length), alpha) <= kept[-1][0]
-
-    def _collect(self, hypotheses: list, n_best: int) -> GenerationOutput:
-        rows = [h for per_source in hypotheses for h in per_source[:n_best]]
-        if any(len(per_source) < n_best for per_source in hypotheses):
-            raise RuntimeError("beam search ended with fewer hypotheses than num_return_sequences")
-        width = max(1, max(h[2].numel() for h in rows))
-        sequences = torch.full((len(rows), width), self.config.pad_token_id, dtype=torch.long)
-        for i, (_, _, sequence) in enumerate(rows):
-            sequences[i, :sequence.numel()] = sequence
-        device = self.device
-        return GenerationOutput(
-            sequences.to(device),
-            torch.tensor([h[1] for h in rows], device=device),
-            torch.tensor([h[0] for h in rows], device=device),
-            torch.tensor([h[2].numel() for h in rows], dtype=torch.long, device=device))
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -915,52 +721,79 @@ class TransformerSeq2Seq(nn.Module):
         if problems:
             raise ValueError(f"cannot initialise the encoder from {folder}: " + "; ".join(problems)
                              + " (build the config with Seq2SeqConfig.from_bert)")
-        state = {}
-        for key, tensor in read_state_dict(folder).items():
-            key = from_hf_name(key)
-            state[key[len("bert."):] if key.startswith("bert.") else key] = tensor
-        positions = config.max_position_embeddings
-        copies = {
-            "embeddings.word_embeddings.weight": state.get("embeddings.word_embeddings.weight"),
-            "embeddings.position_embeddings.weight":
+        state = _bert_state(folder)
+        copies = self._bert_embedding_copies(state, "embeddings.")
+        for key in self.encoder.state_dict():
+            if key.startswith("layers."):
+                copies[key] = state.get("encoder." + key)
+        _copy_into(self.encoder, copies, folder)
+
+    def init_decoder_from_bert(self, folder: str | os.PathLike) -> None:
+        """Warm-start the decoder from the same BERT folder (BERT2BERT, Rothe et al., 2020):
+        each decoder layer's self-attention, feed-forward and their LayerNorms are the BERT
+        layer's, its embeddings' positions and LayerNorm are BERT's; cross-attention (which
+        BERT has not) keeps its fresh initialisation. Call after :meth:`init_encoder_from_bert`
+        (which checks the shapes); the decoder needs BERT's depth (``decoder_layers``)."""
+        folder = os.fspath(folder)
+        bert = BertConfig.from_pretrained(folder)
+        if self.config.decoder_layers > bert.num_hidden_layers:
+            raise ValueError(f"cannot warm-start {self.config.decoder_layers} decoder layers from "
+                             f"{folder}: BERT has {bert.num_hidden_layers}")
+        state = _bert_state(folder)
+        copies = self._bert_embedding_copies(state, "embeddings.")
+        del copies["embeddings.word_embeddings.weight"]  # shared with the encoder's
+        renames = {"self_attention.query.": "attention.query.",
+                   "self_attention.key.": "attention.key.",
+                   "self_attention.value.": "attention.value.",
+                   "self_attention_output.": "attention_output.",
+                   "self_attention_norm.": "attention_norm.",
+                   "ffn.": "ffn.", "ffn_norm.": "ffn_norm."}
+        for key in self.decoder.state_dict():
+            match = re.match(r"^layers\.(\d+)\.(.+)$", key)
+            if match is None:
+                continue
+            for ours, bert_name in renames.items():
+                if match[2].startswith(ours):
+                    copies[key] = state.get(f"encoder.layers.{match[1]}."
+                                            + bert_name + match[2][len(ours):])
+        _copy_into(self.decoder, {k: v for k, v in copies.items()
+                                  if k in self.decoder.state_dict()}, folder)
+
+    def _bert_embedding_copies(self, state: dict[str, torch.Tensor],
+                               prefix: str) -> dict[str, torch.Tensor | None]:
+        """Embedding tensors for one stack from BERT's: positions carry BERT's token-type-0
+        vector (exactly what BERT adds for a single segment)."""
+        positions = self.config.max_position_embeddings
+        return {
+            prefix + "word_embeddings.weight": state.get("embeddings.word_embeddings.weight"),
+            prefix + "position_embeddings.weight":
                 None if "embeddings.position_embeddings.weight" not in state else
                 state["embeddings.position_embeddings.weight"][:positions]
                 + state.get("embeddings.token_type_embeddings.weight",
-                            torch.zeros(1, config.d_model))[0],
-            "embeddings.norm.weight": state.get("embeddings.LayerNorm.weight"),
-            "embeddings.norm.bias": state.get("embeddings.LayerNorm.bias"),
+                            torch.zeros(1, self.config.d_model))[0],
+            prefix + "norm.weight": state.get("embeddings.LayerNorm.weight"),
+            prefix + "norm.bias": state.get("embeddings.LayerNorm.bias"),
         }
-        own = self.encoder.state_dict()
-        for key in own:
-            if key.startswith("layers."):
-                copies[key] = state.get("encoder." + key)
-        missing = sorted(k for k, v in copies.items() if v is None)
-        if missing:
-            raise ValueError(f"{folder} lacks BERT encoder weight(s) for {', '.join(missing[:6])}")
-        with torch.no_grad():
-            for key, tensor in copies.items():
-                if own[key].shape != tensor.shape:
-                    raise ValueError(f"{folder}: {key} has shape {tuple(tensor.shape)}, the "
-                                     f"encoder needs {tuple(own[key].shape)}")
-                own[key].copy_(tensor.to(own[key].dtype))
 
 
-def sample_next_tokens(logprobs: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row from softmax(logprobs / temperature) restricted to the top-k tokens
-    and to the nucleus of probability top_p: logprobs (B, V) -> (B,)."""
-    logits = logprobs / temperature                                                 # (B, V)
-    if 0 < top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]                             # (B, 1)
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)                 # (B, V)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p; the most likely
-        # token is therefore always kept.
-        before = probs.cumsum(dim=-1) - probs
-        drop = torch.zeros_like(logits, dtype=torch.bool).scatter(1, order, before >= top_p)
-        logits = logits.masked_fill(drop, -math.inf)
-    probs = logits.softmax(dim=-1)                                                  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+def _bert_state(folder: str) -> dict[str, torch.Tensor]:
+    """A BERT folder's tensors under bertkit names, without the ``bert.`` prefix."""
+    state = {}
+    for key, tensor in read_state_dict(folder).items():
+        key = from_hf_name(key)
+        state[key[len("bert."):] if key.startswith("bert.") else key] = tensor
+    return state
+
+
+def _copy_into(stack: nn.Module, copies: dict[str, torch.Tensor | None], folder: str) -> None:
+    """Copy ``copies`` into ``stack``'s tensors, checking presence and shapes (ValueError)."""
+    missing = sorted(k for k, v in copies.items() if v is None)
+    if missing:
+        raise ValueError(f"{folder} lacks BERT encoder weight(s) for {', '.join(missing[:6])}")
+    own = stack.state_dict()
+    with torch.no_grad():
+        for key, tensor in copies.items():
+            if own[key].shape != tensor.shape:
+                raise ValueError(f"{folder}: {key} has shape {tuple(tensor.shape)}, the "
+                                 f"stack needs {tuple(own[key].shape)}")
+            own[key].copy_(tensor.to(own[key].dtype))

@@ -8,7 +8,11 @@ Routes (``/v1`` ones need ``Authorization: Bearer <key>`` when keys are configur
     POST /v1/fill-mask  {"texts": [...], "top_k"?: int}        -> {"results": [...]}
     POST /v1/explain    {"text", "text_pair"?, "target"?, "method"?, "steps"?}  (QA: "question",
                         "context") -> the explanation: words with spans and scores, prediction
-    GET  /v1/info       the model: task, labels, routes
+    POST /v1/search     {"query": str} or {"queries": [...]}, "top_k"?: int  (with --index INDEX)
+                        -> {"results": [{id, text, score, rank}, ...]}  (see searching.py)
+    POST /v1/generate   {"prompt", "max_new_tokens"?, sampling options?, "stream"?}  (a GPT
+                        folder) -> server-sent events, one per token (see generating.py)
+    GET  /v1/info       the model: task, labels, routes (and the index)
     GET  /healthz  /readyz  /metrics  /docs  /          (no key needed)
 
 Model calls go through a :class:`~bertkit.serve.batching.MicroBatcher`; every request is
@@ -48,9 +52,16 @@ from bertkit.serve.batching import MicroBatcher, QueueFull
 from bertkit.serve.engine import load_served_model
 from bertkit.serve.explaining import (ExplainQueueFull, ExplainRequest, Explainer,
                                       explanation_json)
+from bertkit.serve.generating import (add_generate_route, is_language_model_folder,
+                                      load_served_language_model)
 from bertkit.serve.limits import (ApiError, Limits, boolean, check_fields, choice, integer,
                                   read_json_object, same_length, text_field, text_list)
+from bertkit.serve.monitoring import (PredictionMonitor, class_labels, load_training_stats,
+                                      watch_queue)
 from bertkit.serve.page import render_page
+from bertkit.search import read_index_info
+from bertkit.serve.searching import (SearchQueueFull, Searcher, index_info, load_search_index,
+                                     search_request)
 from bertkit.version import __version__
 
 CONFIG_ENV = "BERTKIT_SERVE_CONFIG"  # how `--workers N` hands the settings to each worker
@@ -84,6 +95,11 @@ class ServeConfig:
     explain_max_chars: int = 2_000     # characters per text (and per pair text / context)
     explain_max_steps: int = MAX_STEPS  # the most IG steps a request may ask for (see below)
     explain_max_queued: int = 4        # explanations waiting or running at once; more: 429
+    index: str | None = None           # a search index folder (`bertkit index`): /v1/search
+    search_max_queued: int = 16        # searches waiting or running at once; more: 429
+    drift_window: int = 500            # inputs the drift signals average over (monitoring.py)
+    generate_max_new_tokens: int = 256  # /v1/generate: the most tokens a request may ask for
+    generate_max_queued: int = 4       # generations waiting or running at once; more: 429
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -105,7 +121,8 @@ class ServeConfig:
                 or not 0 < self.request_timeout < math.inf:
             raise ValueError(f"request_timeout must be a number of seconds above 0, got "
                              f"{self.request_timeout!r}")
-        for name in ("explain_max_chars", "explain_max_steps", "explain_max_queued"):
+        for name in ("explain_max_chars", "explain_max_steps", "explain_max_queued",
+                     "search_max_queued", "generate_max_new_tokens", "generate_max_queued"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -173,6 +190,7 @@ class Metrics:
                                  "takes, truncated as `bertkit predict` does", ["route"],
                                  registry=registry)
         self.model = Info("bertkit_model", "the served model", registry=registry)
+        self.monitor: PredictionMonitor | None = None  # labels, confidence, drift: create_app
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # as in __init__
@@ -309,6 +327,7 @@ class _Service:
     metrics: Metrics
     batcher: MicroBatcher
     explainer: Explainer
+    searcher: Searcher
 
 
 def create_app(config: ServeConfig, served=None):
@@ -321,12 +340,23 @@ def create_app(config: ServeConfig, served=None):
     from fastapi import FastAPI
 
     keys = KeyChecker(load_api_keys(config.api_keys_file))
-    if served is None:
+    if served is None and is_language_model_folder(config.model):
+        served = load_served_language_model(config.model, device=config.device)
+    elif served is None:
         served = load_served_model(config.model, runtime=config.runtime, device=config.device)
+    index = load_search_index(config.index, config.device) if config.index else None
     info = served.info()
+    if index is not None:  # the index brings its own encoder: any served folder can search
+        info = {**info, "routes": [*info["routes"], "search"], "index": index_info(index)}
     metrics = _model_metrics(info, keys)
+    metrics.monitor = PredictionMonitor(metrics.registry, served.tokenizer,
+                                        class_labels(served.task, served.labels),
+                                        load_training_stats(served.folder), config.drift_window,
+                                        public_labels=not keys.enabled)
     service = _Service(config, served, info, keys, metrics, _model_batcher(config, served, metrics),
-                       Explainer(served, config.explain_max_queued))
+                       Explainer(served, config.explain_max_queued),
+                       Searcher(index, config.search_max_queued))
+    watch_queue(metrics.registry, service.batcher, config.max_queued_tokens)
     hosts = allowed_host_names(config.host, config.allowed_hosts)
     app = FastAPI(title="bertkit serve", version=_version(), lifespan=_lifespan(service, hosts),
                   description=_api_description(info, keys))
@@ -350,7 +380,7 @@ def _model_metrics(info: dict, keys: KeyChecker) -> Metrics:
     # open routes (/, /readyz, /docs, /metrics) leave it out.
     public = {"runtime": info["runtime"]} if keys.enabled else info
     metrics = Metrics()
-    metrics.model.info({k: json.dumps(v) if isinstance(v, (list, type(None))) else str(v)
+    metrics.model.info({k: json.dumps(v) if isinstance(v, (list, dict, type(None))) else str(v)
                         for k, v in public.items()})
     return metrics
 
@@ -366,6 +396,8 @@ def _model_batcher(config: ServeConfig, served, metrics: Metrics) -> MicroBatche
         metrics.inputs.labels(route).inc(stats["inputs"])
         for size in stats["forward_sizes"]:
             metrics.batch_size.labels(route).observe(size)
+        if route == "predict":
+            metrics.monitor.observe(items, results)
         return results
 
     def on_batch(key, n_items, n_requests):
@@ -386,6 +418,7 @@ def _lifespan(service: _Service, hosts: frozenset[str] | None):
     async def lifespan(app):
         await batcher.start()
         service.explainer.start()
+        service.searcher.start()
         server_log.info({"event": "startup", "model": info["name"], "task": info["task"],
                          "runtime": info["runtime"], "routes": info["routes"],
                          "auth": service.keys.enabled, "batching": config.batching,
@@ -396,11 +429,13 @@ def _lifespan(service: _Service, hosts: frozenset[str] | None):
                          "explain_max_chars": config.explain_max_chars,
                          "explain_max_steps": config.explain_max_steps,
                          "explain_max_queued": config.explain_max_queued,
+                         "index": info.get("index", {}).get("name"),
                          "allowed_hosts": "any" if hosts is None else sorted(hosts),
                          "pid": os.getpid()})
         yield
         await batcher.stop()  # uvicorn has let in-flight requests finish before this
         await asyncio.to_thread(service.explainer.stop)
+        await asyncio.to_thread(service.searcher.stop)
         server_log.info({"event": "shutdown", "pid": os.getpid()})
 
     return lifespan
@@ -469,6 +504,8 @@ def _model_routes(service: _Service):
     _add_embed_route(v1, service)
     _add_fill_mask_route(v1, service)
     _add_explain_route(v1, service)
+    _add_search_route(v1, service)
+    add_generate_route(v1, service)
 
     @v1.get("/info", summary="the served model")
     async def model_info():
@@ -676,6 +713,44 @@ async def _explain_within_limits(request, service: _Service, job: ExplainRequest
         raise ApiError(422, "invalid_input", str(e)) from None
 
 
+def _add_search_route(v1, service: _Service) -> None:
+    """POST /v1/search: the nearest documents of the index served with --index (searching.py)."""
+    # FastAPI is imported when an app is built, not whenever the CLI imports this module.
+    from fastapi import Request
+
+    limits = service.config.limits
+    doc = _request_schema({"query": {"type": "string"}, "queries": STRINGS,
+                           "top_k": {"type": "integer", "minimum": 1,
+                                     "maximum": limits.max_top_k}},
+                          [], {"query": "how do I read a file?", "top_k": 5})
+
+    @v1.post("/search", summary="search the index", openapi_extra=doc,
+             description="The top_k documents of the index (`bertkit serve --index INDEX`) "
+                         "nearest the query by cosine, best first: {id, text, score, rank}. "
+                         "'query' answers one list, 'queries' one list per query.")
+    async def search_route(request: Request):
+        if service.searcher.index is None:
+            raise ApiError(404, "no_index", "no search index is loaded: start the server with "
+                           "--index INDEX (a folder from `bertkit index`)")
+        data = await read_json_object(request, limits)
+        queries, single, top_k = search_request(data, limits)
+        request.state.inputs = len(queries)
+        try:
+            job = service.searcher.submit(queries, top_k)
+        except SearchQueueFull as e:
+            raise ApiError(429, "queue_full", str(e),
+                           headers={"Retry-After": str(e.retry_after)}) from None
+        except RuntimeError as e:
+            raise ApiError(503, "shutting_down", str(e)) from None
+        await _wait_for(request, job, service.config)
+        try:
+            results = job.result()
+        except ValueError as e:
+            raise ApiError(422, "invalid_input", str(e)) from None
+        service.metrics.inputs.labels("search").inc(len(queries))
+        return _JSON.response({"results": results[0] if single else results})
+
+
 # ---------------------------------------------------------------------------- open routes
 
 
@@ -799,7 +874,10 @@ def run_server(config: ServeConfig) -> None:
         raise ValueError(f"--workers must be at least 1, got {config.workers}")
     check_bind(config.host, load_api_keys(config.api_keys_file), config.insecure)
     common = dict(host=config.host, port=config.port, access_log=False, log_level="info",
-                  timeout_graceful_shutdown=math.ceil(config.graceful_timeout))
+                  timeout_graceful_shutdown=math.ceil(config.graceful_timeout),
+                  # h11, whatever else is installed: uvicorn would pick httptools when present
+                  # (ray[serve] pulls it in), which answers a made-up method 400, not 405
+                  http="h11")
     if config.workers == 1:
         uvicorn.run(create_app(config), **common)
         return
@@ -807,5 +885,7 @@ def run_server(config: ServeConfig) -> None:
     # from the settings in the environment it inherits.
     if not os.path.isdir(config.model):
         raise FileNotFoundError(f"model folder {config.model} does not exist")
+    if config.index:
+        read_index_info(config.index)  # a bad index: one line here, not a crash per worker
     os.environ[CONFIG_ENV] = config.to_json()
     uvicorn.run("bertkit.serve.app:app_from_env", factory=True, workers=config.workers, **common)

@@ -1,6 +1,8 @@
 """The try-it page at ``/``: a text box, a button, the result and its latency; an "explain"
 button colours the words of the input by their attributions (/v1/explain: red for the
-prediction, blue against, stronger for larger scores; the score on hover).
+prediction, blue against, stronger for larger scores; the score on hover). When the server
+has a search index (``--index``) a search box above them lists the nearest documents
+(/v1/search: rank, cosine score, id, text).
 
 Kept in a .py module (not a package-data file) so that it ships with any install of the
 package. The page calls the same ``/v1`` routes any client does (with the API key typed into
@@ -44,11 +46,28 @@ _PAGE = """<!doctype html>
   .attr-text { line-height: 1.9; }
   .attr { border-radius: 3px; padding: .05rem .1rem; }
   .legend { color: #5b6475; font-size: 13px; }
+  #index-meta { color: #5b6475; font-size: 13px; font-weight: normal; }
+  #search-box { border: 1px solid #d5dae3; border-radius: 8px; padding: .2rem .9rem .9rem; margin: .6rem 0 1rem; }
+  #search-row { display: flex; gap: .5rem; align-items: center; }
+  #search-row input[type=number] { width: 4.5rem; font: inherit; padding: .4rem; border: 1px solid #b9c0cc; border-radius: 6px; }
+  #search { margin-top: 0; }
+  ol.hits { padding-left: 1.6rem; }
+  ol.hits li { margin: .35rem 0; }
+  .hit-score { color: #2b59c3; font-variant-numeric: tabular-nums; margin-right: .4rem; }
+  .hit-id { color: #5b6475; font-size: 13px; margin-right: .4rem; }
 </style>
 </head>
 <body>
 <h1>bertkit serve</h1>
 <p class="meta" id="meta"></p>
+<div id="search-box" class="hidden">
+  <label for="query">Search the index <span id="index-meta"></span></label>
+  <div id="search-row">
+    <input id="query" type="text" placeholder="Type a query">
+    <input id="top-k" type="number" value="5" min="1" max="50" aria-label="results">
+    <button id="search" type="button">Search</button>
+  </div>
+</div>
 <label for="route">Route</label>
 <select id="route"></select>
 <div id="key-box" class="hidden">
@@ -81,9 +100,11 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&l
 function showModel() {
   $("meta").textContent = `model ${INFO.name} · task ${INFO.task} · ${INFO.architecture} · ${INFO.runtime}`;
   const select = $("route"), chosen = select.value;
-  select.replaceChildren(...INFO.routes.filter((r) => r !== "explain").map((r) => new Option("/v1/" + r, r)));
+  select.replaceChildren(...INFO.routes.filter((r) => r !== "explain" && r !== "search").map((r) => new Option("/v1/" + r, r)));
   if (INFO.routes.includes(chosen)) select.value = chosen;
   for (const id of ["explain", "method"]) $(id).classList.toggle("hidden", !INFO.routes.includes("explain"));
+  $("search-box").classList.toggle("hidden", !INFO.routes.includes("search"));
+  if (INFO.index) $("index-meta").textContent = `(${INFO.index.name}: ${INFO.index.documents} documents, ${INFO.index.kind}, model ${INFO.index.model})`;
   layout();
 }
 // With API keys the page knows nothing of the model until /v1/info answers to the key.
@@ -183,6 +204,12 @@ function explained(data) {
   }
   return out;
 }
+// /v1/search: the nearest documents, best first.
+function searchBody() { return {query: $("query").value, top_k: Number($("top-k").value) || 5}; }
+function hits(data) {
+  if (!data.results.length) return "<p>no documents found</p>";
+  return `<ol class="hits">` + data.results.map((h) => `<li data-id="${esc(h.id)}"><span class="hit-score">${h.score.toFixed(4)}</span><span class="hit-id">[${esc(h.id)}]</span>${esc(h.text)}</li>`).join("") + "</ol>";
+}
 async function run(route, payload, render) {
   if (!INFO.routes && !(await loadInfo())) {
     $("summary").innerHTML = `<p class="error">${esc($("meta").textContent)}</p>`;
@@ -191,7 +218,7 @@ async function run(route, payload, render) {
   route = route || $("route").value;
   const headers = {"Content-Type": "application/json"};
   if ($("key").value) headers.Authorization = "Bearer " + $("key").value;
-  $("run").disabled = $("explain").disabled = true; $("status").textContent = "running…";
+  $("run").disabled = $("explain").disabled = $("search").disabled = true; $("status").textContent = "running…";
   const t0 = performance.now();
   try {
     const resp = await fetch("/v1/" + route, {method: "POST", headers, body: JSON.stringify(payload ? payload() : body(route))});
@@ -207,11 +234,13 @@ async function run(route, payload, render) {
     $("status").textContent = "";
     $("summary").innerHTML = `<p class="error">${esc(err)}</p>`;
   } finally {
-    $("run").disabled = $("explain").disabled = false;
+    $("run").disabled = $("explain").disabled = $("search").disabled = false;
   }
 }
 $("run").addEventListener("click", () => run());
 $("explain").addEventListener("click", () => run("explain", explainBody, explained));
+$("search").addEventListener("click", () => run("search", searchBody, hits));
+$("query").addEventListener("keydown", (e) => { if (e.key === "Enter") run("search", searchBody, hits); });
 $("text").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) run(); });
 </script>
 </body>

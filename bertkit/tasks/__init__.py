@@ -6,6 +6,9 @@ base.py              the :class:`Task` interface, :class:`TaskSettings` (the ``b
 classification.py    classification and regression (one text or a pair)
 ner.py               named-entity recognition (BIO tags, entities with character spans)
 qa.py                extractive question answering (SQuAD v1.1 / v2.0)
+relation.py          relation extraction (two marked entities, entity-start markers' vectors)
+retrieval.py         bi-encoder retrieval (query, positive[, negative]; sentence-transformers layout)
+rerank.py            cross-encoder re-ranking (query, document, relevance)
 metrics.py           the metrics the tasks report
 folder.py            open a fine-tuned folder (task, labels, settings, adapter, runtime)
 evaluate.py          :func:`~bertkit.tasks.evaluate.evaluate_folder`, split metrics, reports
@@ -24,12 +27,18 @@ from bertkit.tasks.base import PredictInputs, Split, Task, TaskSettings, forward
 from bertkit.tasks.classification import CLASSIFICATION, REGRESSION
 from bertkit.tasks.ner import NER
 from bertkit.tasks.qa import QA
+from bertkit.tasks.relation import RELATION
+from bertkit.tasks.rerank import RERANK
+from bertkit.tasks.retrieval import RETRIEVAL
 
 TASKS: dict[str, Task] = {
     "classification": CLASSIFICATION,
     "regression": REGRESSION,
     "ner": NER,
     "qa": QA,
+    "relation": RELATION,
+    "retrieval": RETRIEVAL,
+    "rerank": RERANK,
 }
 
 

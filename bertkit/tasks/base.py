@@ -29,6 +29,7 @@ from torch import nn
 
 from bertkit.config import SETTINGS_PREFIX, BertConfig, replace_bertkit_settings
 from bertkit.data.tasks import LabelMap, PaddingCollator, TaskDataset, check_labels
+from bertkit.modeling.pooling import POOLING_MODES
 
 TASK_KEY = SETTINGS_PREFIX + "task"    # the task's name
 
@@ -52,6 +53,9 @@ class TaskSettings:
     n_best: int = 20                    # QA: start/end candidates per window
     version_2: bool = False             # QA: allow "no answer" (SQuAD 2.0)
     null_threshold: float = 0.0         # QA v2: no answer when null score > best + this
+    pooling: str = "mean"               # retrieval: mean | cls | max (bertkit.modeling.pooling)
+    normalize: bool = False             # retrieval: unit-length sentence vectors
+    scale: float = 20.0                 # retrieval: the ranking loss's scale on the cosines
 
     @classmethod
     def from_config(cls, config: BertConfig, task: "Task",
@@ -60,7 +64,7 @@ class TaskSettings:
         task's default capped by ``max_position_embeddings``). A value of the wrong type is a
         ValueError naming ``source`` and the key."""
         values: dict[str, Any] = {
-            "max_length": min(task.default_max_length, config.max_position_embeddings)}
+            "max_length": min(task.default_max_length, config.max_tokens)}
         for f in dataclasses.fields(cls):
             key = SETTINGS_PREFIX + f.name
             if key in config.extra:
@@ -78,10 +82,15 @@ class TaskSettings:
 
 def _checked_setting(name: str, value: Any, source: str) -> Any:
     """``value`` of setting ``name`` if it has the field's type, else a ValueError."""
-    if name == "version_2":
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name in ("version_2", "normalize"):
         ok, kind = isinstance(value, bool), "true or false"
     elif name == "null_threshold":
-        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        ok, kind = number, "a number"
+    elif name == "scale":
+        ok, kind = number and value > 0, "a positive number"
+    elif name == "pooling":
+        ok, kind = value in POOLING_MODES, f"one of {', '.join(POOLING_MODES)}"
     else:
         least = 0 if name == "doc_stride" else 1
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
@@ -134,6 +143,7 @@ class Task:
     setting_names: tuple[str, ...] = ("max_length",)  # the TaskSettings config.json records
     has_label_map: bool = False                   # class / tag names in config.json's id2label
     data_suffix: str = ""                         # the file type write_examples writes
+    added_tokens: tuple[str, ...] = ()            # never-split tokens fine-tuning adds (markers)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -175,10 +185,26 @@ class Task:
         """TaskSettings fields the data decides when the user did not (QA: version_2)."""
         return {}
 
+    def settings_from_folder(self, folder: str) -> dict[str, Any]:
+        """TaskSettings fields the model folder decides when the user did not (retrieval:
+        the pooling of a sentence-transformers folder)."""
+        return {}
+
+    def collator(self, pad_token_id: int) -> Any:
+        """What pads a list of encoded items into a batch (retrieval pads queries and
+        documents apart)."""
+        return PaddingCollator(pad_token_id)
+
     # ------------------------------------------------------------------ model
     def head_config(self, labels: LabelMap | None) -> dict[str, Any]:
         """Config overrides for a fresh head (labels, number of outputs)."""
         return {}
+
+    def prepare_model(self, model: nn.Module, tokenizer) -> None:
+        """Fit a head built for fine-tuning to the run's ``tokenizer`` (which holds
+        :attr:`added_tokens`): grow the embedding table to the tokenizer's size."""
+        if len(tokenizer) > model.config.vocab_size:
+            model.resize_token_embeddings(len(tokenizer))
 
     def is_head_of(self, config: BertConfig) -> bool:
         """Whether a folder without ``bertkit_task`` (e.g. fine-tuned by transformers) is
@@ -199,6 +225,13 @@ class Task:
                 id2label: dict[int, str] | None) -> dict:
         """The task's metrics of ``outputs`` (from :func:`forward_items`) against ``split``."""
         raise NotImplementedError
+
+    def baseline_metrics(self, train_examples: Sequence, split: Split,
+                         id2label: dict[int, str] | None) -> dict | None:
+        """The task's headline metrics of a bag-of-words baseline trained on
+        ``train_examples`` and scored on ``split`` (bertkit.tasks.baseline), with its name
+        under ``"method"``; None for a task without one."""
+        return None
 
     def check_inputs(self, inputs: PredictInputs) -> None:
         """A ValueError / TypeError when ``inputs`` are not what the task predicts on."""

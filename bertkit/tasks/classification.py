@@ -24,6 +24,8 @@ from bertkit.data.tasks import (ClassificationExample, LabelMap, TaskDataset, bu
                                 load_classification, write_classification)
 from bertkit.modeling.bert import BertForSequenceClassification
 from bertkit.tasks.base import PredictInputs, RunFn, Split, Task, TaskSettings, check_texts
+from bertkit.tasks.baseline import (BASELINE_NAME, REGRESSION_BASELINE_NAME,
+                                    tfidf_classifier_predictions, tfidf_regressor_predictions)
 from bertkit.tasks.metrics import classification_metrics, regression_metrics
 
 
@@ -80,6 +82,17 @@ class ClassificationTask(Task):
         y_pred = [int(np.argmax(row)) for row in outputs]
         return classification_metrics(y_true, y_pred, names)
 
+    def baseline_metrics(self, train_examples: Sequence, split: Split,
+                         id2label: dict[int, str] | None) -> dict | None:
+        names = [id2label[i] for i in range(len(id2label))]
+        label2id = {name: i for i, name in enumerate(names)}
+        predicted = tfidf_classifier_predictions(*_texts_and_labels(train_examples),
+                                                 *_texts_and_labels(split.examples)[:2])
+        metrics = classification_metrics([label2id[ex.label] for ex in split.examples],
+                                         [label2id[p] for p in predicted], names)
+        return {"method": BASELINE_NAME, "accuracy": metrics["accuracy"],
+                "macro_f1": metrics["macro_f1"]}
+
     def check_inputs(self, inputs: PredictInputs) -> None:
         check_texts(self, inputs)
 
@@ -131,6 +144,20 @@ class RegressionTask(ClassificationTask):
 
     def results(self, outputs: list[np.ndarray], id2label: dict[int, str] | None) -> list[dict]:
         return [{"score": float(row[0])} for row in outputs]
+
+    def baseline_metrics(self, train_examples: Sequence, split: Split,
+                         id2label: dict[int, str] | None) -> dict | None:
+        predicted = tfidf_regressor_predictions(*_texts_and_labels(train_examples),
+                                                *_texts_and_labels(split.examples)[:2])
+        metrics = regression_metrics([ex.label for ex in split.examples], predicted)
+        return {"method": REGRESSION_BASELINE_NAME,
+                **{k: metrics[k] for k in self.metrics_names if k in metrics}}
+
+
+def _texts_and_labels(examples: Sequence[ClassificationExample]) -> tuple[list, list, list]:
+    """(texts, text pairs, labels) of classification examples."""
+    return ([ex.text for ex in examples], [ex.text_pair for ex in examples],
+            [ex.label for ex in examples])
 
 
 def _one_output(config: BertConfig) -> bool:

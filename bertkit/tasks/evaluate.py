@@ -13,7 +13,6 @@ from typing import Any
 
 from torch import nn
 
-from bertkit.data.tasks import PaddingCollator
 from bertkit.tasks import get_task
 from bertkit.tasks.base import Split, Task, TaskSettings, forward_items
 from bertkit.tasks.folder import open_task_folder
@@ -42,7 +41,7 @@ def split_metrics(model: nn.Module, task: Task, split: Split, settings: TaskSett
     """The task metrics of ``model`` on one split, with ``eval_loss`` (the mean loss);
     ``full`` adds the per-class/type report (``report``) and its printable table
     (``report_text``)."""
-    collator = PaddingCollator(_pad_id(model))
+    collator = task.collator(_pad_id(model))
     outputs, loss = forward_items(model, task, split.dataset, collator, batch_size)
     metrics = task.metrics(split, outputs, settings, id2label)
     if loss is not None:
@@ -59,7 +58,8 @@ def _pad_id(model: nn.Module) -> int:
 
 def evaluate_folder(model_dir: str, data_path: str, batch_size: int = 64,
                     device: str | None = None, output: str | None = None,
-                    runtime: str = "torch", model: nn.Module | None = None) -> dict:
+                    runtime: str = "torch", model: nn.Module | None = None,
+                    task: str | None = None) -> dict:
     """Evaluate a fine-tuned folder on a labelled data file of its task.
 
     Returns the same metrics as ``metrics.json`` holds for a split (classification:
@@ -70,9 +70,10 @@ def evaluate_folder(model_dir: str, data_path: str, batch_size: int = 64,
     ``report_text``) are also written there as JSON. ``runtime="onnx"`` runs the folder's
     exported ``model.onnx`` in onnxruntime (``bertkit export`` writes it). ``model`` (e.g. an
     int8 copy of the folder's model) replaces the folder's weights; tokenizer and settings
-    still come from the folder.
+    still come from the folder. ``task`` names the task of a folder that records none (e.g.
+    ``"retrieval"`` for a sentence-transformers folder: zero-shot retrieval metrics).
     """
-    opened = open_task_folder(model_dir, device, runtime)
+    opened = open_task_folder(model_dir, device, runtime, task=task)
     model = opened.model if model is None else model
     task = opened.task
     id2label = task.id2label(model.config)
@@ -93,6 +94,14 @@ def print_report(task: str, metrics: dict, split: str = "test") -> None:
     numbers = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                         if isinstance(v, float) and k in names)
     print(f"{split}: {numbers}")
+    if metrics.get("baseline"):
+        print(f"{split} {baseline_line(metrics['baseline'])}")
+
+
+def baseline_line(baseline: dict) -> str:
+    """``"baseline (tf-idf + logistic regression, same training file): accuracy 0.8000"``."""
+    numbers = ", ".join(f"{k} {v:.4f}" for k, v in baseline.items() if isinstance(v, float))
+    return f"baseline ({baseline['method']}, same training file): {numbers}"
 
 
 def headline(task: str, metrics: dict) -> str:

@@ -53,25 +53,34 @@ class TaskFolder:
         return {name: i for i, name in id2label.items()} if id2label is not None else None
 
 
-def folder_task(folder: str, config: BertConfig | None = None) -> str:
+def folder_task(folder: str, config: BertConfig | None = None,
+                task: str | None = None) -> str:
     """The task name of a fine-tuned folder: ``bertkit_task`` in its config.json, else guessed
     from ``architectures`` (a folder fine-tuned by transformers); a ValueError for a folder
-    without a task head."""
+    without a task head. ``task`` names the task of a folder that records none (a
+    sentence-transformers folder evaluated zero-shot for retrieval); a folder that records
+    another task is a ValueError."""
     config = config or BertConfig.from_pretrained(folder)
     name = config.extra.get(TASK_KEY)
+    if task is not None:
+        get_task(task)  # a ValueError listing the tasks for an unknown name
+        if isinstance(name, str) and name in TASKS and name != task:
+            raise ValueError(f"{folder} is a {name} model (config.json bertkit_task), not {task}")
+        return task
     if isinstance(name, str) and name in TASKS:
         return name
-    for task in TASKS.values():
-        if task.is_head_of(config):
-            return task.name
+    for candidate in TASKS.values():
+        if candidate.is_head_of(config):
+            return candidate.name
     arch = (config.architectures or [None])[0]
     raise ValueError(f"{folder} is not a fine-tuned task model (architectures: {arch}); "
                      "fine-tune it first (bertkit finetune --task ...)")
 
 
 def open_task_folder(folder: str, device: str | None = None,
-                     runtime: str = "torch") -> TaskFolder:
-    """Load a fine-tuned folder (full model or PEFT adapter folder) for inference.
+                     runtime: str = "torch", task: str | None = None) -> TaskFolder:
+    """Load a fine-tuned folder (full model or PEFT adapter folder) for inference; ``task``
+    names the task of a folder that records none (see :func:`folder_task`).
 
     ``runtime="onnx"`` loads ``folder/model.onnx`` (written by ``bertkit export``) into an
     onnxruntime session on the CPU instead of the PyTorch weights. ``device`` defaults to
@@ -85,14 +94,15 @@ def open_task_folder(folder: str, device: str | None = None,
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"the onnx runtime runs on the CPU, not {device}")
         model, tokenizer = load_for_onnx_inference(folder)
-        task = get_task(folder_task(folder, model.config))
+        task_name = folder_task(folder, model.config, task)
     elif is_adapter_folder(folder):  # a PEFT folder: base model + adapter + head
         model = load_adapter(folder, device=device)
-        task = get_task(folder_task(folder, model.config))
+        task_name = folder_task(folder, model.config, task)
         tokenizer = Tokenizer.from_pretrained(folder)
     else:
-        task = get_task(folder_task(folder))
-        model, tokenizer = load_for_inference(folder, task.head, device=device)
-    settings = TaskSettings.from_config(model.config, task,
+        task_name = folder_task(folder, task=task)
+        model, tokenizer = load_for_inference(folder, get_task(task_name).head, device=device)
+    opened_task = get_task(task_name)
+    settings = TaskSettings.from_config(model.config, opened_task,
                                         source=os.path.join(folder, "config.json"))
-    return TaskFolder(folder, model, tokenizer, task, settings)
+    return TaskFolder(folder, model, tokenizer, opened_task, settings)

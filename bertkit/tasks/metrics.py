@@ -246,6 +246,69 @@ def squad_metrics(predictions: Mapping[str, str],
     return {"exact_match": 100.0 * em_total / n, "f1": 100.0 * f1_total / n}
 
 
+# --------------------------------------------------------------------------- ranking
+
+RANKING_CUTOFF = 10  # MRR and nDCG are reported at 10, as MS MARCO and BEIR report them
+
+
+def ranking_metrics(rankings: Sequence[Sequence], relevance: Sequence[Mapping],
+                    recall_at: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@k, MRR@10 and nDCG@10 of ranked results, averaged over queries.
+
+    Args:
+        rankings: per query, document ids best first (at least the top 10; recall@k reads
+            the top k).
+        relevance: per query, ``{document id: grade}``; a grade > 0 is relevant (1 for
+            binary judgements; graded relevance counts in nDCG's gains).
+
+    The standard definitions, per query: recall@k = relevant documents in the top k / all
+    relevant documents; MRR@10 = 1 / rank of the first relevant document within the top 10
+    (0 when none is); nDCG@10 = DCG@10 / ideal DCG@10 with DCG@10 = sum over ranks r <= 10 of
+    grade_r / log2(r + 1) (linear gains, as trec_eval's ndcg_cut and BEIR). Queries without a
+    relevant document are left out (they have no answer to find), as BEIR does.
+
+    Returns ``{"recall@1": ..., "recall@5": ..., "recall@10": ..., "mrr@10": ...,
+    "ndcg@10": ..., "queries": n}`` (fractions in [0, 1]).
+    """
+    if len(rankings) != len(relevance):
+        raise ValueError(f"{len(rankings)} rankings but {len(relevance)} relevance judgements")
+    sums = collections.Counter()
+    n = 0
+    for ranked, grades in zip(rankings, relevance):
+        relevant = {doc for doc, grade in grades.items() if grade > 0}
+        if not relevant:
+            continue
+        n += 1
+        for k in recall_at:
+            sums[f"recall@{k}"] += len(relevant & set(ranked[:k])) / len(relevant)
+        top = list(ranked[:RANKING_CUTOFF])
+        first = next((r for r, doc in enumerate(top, start=1) if doc in relevant), None)
+        sums["mrr@10"] += 1.0 / first if first else 0.0
+        dcg = sum(grades.get(doc, 0) / np.log2(r + 1) for r, doc in enumerate(top, start=1))
+        ideal = sorted((g for g in grades.values() if g > 0), reverse=True)[:RANKING_CUTOFF]
+        idcg = sum(g / np.log2(r + 1) for r, g in enumerate(ideal, start=1))
+        sums["ndcg@10"] += dcg / idcg
+    if not n:
+        raise ValueError("no query has a relevant document: nothing to rank")
+    names = [f"recall@{k}" for k in recall_at] + ["mrr@10", "ndcg@10"]
+    return {**{name: float(sums[name] / n) for name in names}, "queries": n}
+
+
+def grouped_ranking_metrics(groups: Sequence, scores: Sequence[float],
+                            grades: Sequence[float]) -> dict:
+    """:func:`ranking_metrics` of pairs scored one by one (a cross-encoder): the pairs of one
+    group (e.g. the same query) are ranked by ``scores`` (best first; ties keep input
+    order) and judged by ``grades``."""
+    by_group: dict = collections.defaultdict(list)
+    for index, group in enumerate(groups):
+        by_group[group].append(index)
+    rankings, relevance = [], []
+    for indices in by_group.values():
+        rankings.append(sorted(indices, key=lambda i: -scores[i]))
+        relevance.append({i: grades[i] for i in indices})
+    return ranking_metrics(rankings, relevance)
+
+
 # --------------------------------------------------------------------------- helpers
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from bertkit.data.tasks import PaddingCollator, TaskDataset
+from bertkit.data.tasks import TaskDataset
 from bertkit.tasks.base import PredictInputs, Task, TaskSettings, forward_items
 from bertkit.tasks.folder import open_task_folder
 from bertkit.tokenizer import Tokenizer
@@ -29,7 +29,7 @@ class Predictor:
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, task: Task,
                  settings: TaskSettings):
         self.model, self.tokenizer, self.task, self.settings = model, tokenizer, task, settings
-        self._collator = PaddingCollator(tokenizer.pad_token_id)
+        self._collator = task.collator(tokenizer.pad_token_id)
 
     @property
     def labels(self) -> list[str] | None:

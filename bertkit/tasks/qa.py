@@ -13,7 +13,6 @@ Predictions: ``{"answer": str, "start": int | None, "end": int | None, "score": 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,7 +35,8 @@ class QaTask(Task):
     metrics_names = ("f1", "exact_match", "eval_loss")
     default_max_length = 384
     data_suffix = ".json"
-    setting_names = tuple(f.name for f in dataclasses.fields(TaskSettings))
+    setting_names = ("max_length", "doc_stride", "max_query_length", "max_answer_length",
+                     "n_best", "version_2", "null_threshold")
 
     def load_examples(self, path: str, require_label: bool = True) -> list:
         return load_squad(path)

@@ -30,12 +30,19 @@ from torch import nn
 
 from bertkit.checkpoint import check_vocab_fits
 from bertkit.config import BertConfig
-from bertkit.data.tasks import LabelMap, PaddingCollator, TaskDataset
+from bertkit.data.tasks import (ClassificationExample, LabelMap, TaskDataset,
+                                build_label_map)
+from bertkit.modeling.pooling import POOLING_MODES
 from bertkit.peft import RECOMMENDED_OPTIONS, apply_peft, on_step
 from bertkit.tasks import TASKS, Split, Task, TaskSettings, get_task
-from bertkit.tasks.evaluate import (headline, metrics_for_json, print_report, split_metrics,
-                                    write_json)
+from bertkit.tasks.evaluate import (baseline_line, headline, metrics_for_json, print_report,
+                                    split_metrics, write_json)
 from bertkit.tokenizer import Tokenizer
+from bertkit.training.augment import AugmentConfig, augment_examples
+from bertkit.training.continual import (build_head, check_old_labels, extend_label_map,
+                                        folder_labels, forgetting_line, forgetting_report,
+                                        metrics_before, replay_sample)
+from bertkit.training.data_stats import write_training_stats
 from bertkit.training.run import (TrainingPlan, run_in_output_folder, stopped_line,
                                   train_to_best)
 from bertkit.training.trainer import (TrainingConfig, TrainResult, planned_steps, set_seed,
@@ -75,18 +82,38 @@ class FinetuneConfig:
     n_best: int = TaskSettings.n_best
     version_2: bool | None = None       # QA: allow "no answer"; None = auto-detect
     null_threshold: float = 0.0         # QA v2: no answer when null score > best + this
+    # retrieval: pooling (mean|cls|max) and normalize, None = the model folder's; loss scale
+    pooling: str | None = None
+    normalize: bool | None = None
+    scale: float = TaskSettings.scale
     patience: int | None = None
     metric: str | None = None
+    baseline: bool = True               # report the task's TF-IDF baseline beside the model
+    augment: AugmentConfig | None = None  # new training examples (training/augment.py)
     peft: str | None = None             # lora | adapter | prefix | adalora | bitfit (bertkit.peft)
     peft_options: dict = dataclasses.field(default_factory=dict)  # e.g. {"r": 8, "alpha": 16}
+    # continual fine-tuning of a fine-tuned folder (training/continual.py)
+    replay: str | None = None           # old examples, a sample of which joins the training set
+    replay_ratio: float = 0.2           # the old examples' share of the mixed training set
+    old_test: str | None = None         # the old test set, scored before and after (forgetting)
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):  # the Python API may pass plain options
+            self.augment = AugmentConfig(**self.augment)
         if not isinstance(self.task, str) or self.task not in TASKS:
             raise ValueError(f"FinetuneConfig.task must be one of {', '.join(TASKS)}, "
                              f"got {self.task!r}")
         task = TASKS[self.task]
         if self.metric is None:
             self.metric = task.default_metric
+        if isinstance(self.replay_ratio, bool) or not isinstance(self.replay_ratio, (int, float)) \
+                or not 0 < self.replay_ratio < 1:
+            raise ValueError(f"FinetuneConfig.replay_ratio must be a number between 0 and 1 "
+                             f"(exclusive), got {self.replay_ratio!r}")
+        if self.peft and task.added_tokens:
+            raise ValueError(f"--peft does not work with the {self.task} task: it adds the tokens "
+                             f"{' '.join(task.added_tokens)}, whose embedding rows the base "
+                             "folder an adapter points to lacks")
         if self.metric == "loss":
             self.metric = "eval_loss"
         if self.metric not in task.metrics_names:
@@ -101,6 +128,12 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "doc_stride" else 1):
                 raise ValueError(f"FinetuneConfig.{name} must be a positive integer, got {value!r}")
+        if self.pooling is not None and self.pooling not in POOLING_MODES:
+            raise ValueError(f"FinetuneConfig.pooling must be one of {', '.join(POOLING_MODES)} "
+                             f"or None, got {self.pooling!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) \
+                or not self.scale > 0:
+            raise ValueError(f"FinetuneConfig.scale must be a positive number, got {self.scale!r}")
 
 
 @dataclass
@@ -124,6 +157,9 @@ class _RunData:
     num_train: int                                # examples (QA: fewer than windows)
     dev: Split | None
     test: Split | None
+    train_examples: list = field(default_factory=list)  # for training_stats.json
+    old_labels: LabelMap | None = None            # continuing a fine-tuned folder: its labels
+    old_test: Split | None = None                 # continual: the old test set (forgetting)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -157,7 +193,8 @@ def run_finetuning(cfg: FinetuneConfig, training: TrainingConfig,
     was. Under torchrun every rank calls this; rank 0 evaluates and writes.
     """
     rank_info, _ = setup_distributed(training.device)
-    inputs = {"--model": cfg.model, "--train": cfg.train, "--dev": cfg.dev, "--test": cfg.test}
+    inputs = {"--model": cfg.model, "--train": cfg.train, "--dev": cfg.dev, "--test": cfg.test,
+              "--replay": cfg.replay, "--old-test": cfg.old_test}
     return run_in_output_folder(
         training, lambda staged: _finetune_into(cfg, staged, resume_from, rank_info.is_main),
         inputs=inputs, resume_from=resume_from, overwrite=overwrite, is_main=rank_info.is_main)
@@ -167,7 +204,7 @@ def _finetune_into(cfg: FinetuneConfig, training: TrainingConfig, resume_from: s
                    is_main: bool) -> FinetuneResult:
     """The fine-tuning run of :func:`run_finetuning`, writing into ``training.out_dir``."""
     task = get_task(cfg.task)
-    data = _load_data(cfg, task)
+    data = _load_data(cfg, task, training.seed)
     model = _build_model(cfg, task, data, training, is_main)
     id2label = task.id2label(model.config)
     eval_batch_size = training.eval_batch_size or max(64, training.batch_size)
@@ -182,7 +219,7 @@ def _finetune_into(cfg: FinetuneConfig, training: TrainingConfig, resume_from: s
 
     if is_main:
         _print_plan(cfg, task, data, model)
-    plan = TrainingPlan(model, data.train, PaddingCollator(data.tokenizer.pad_token_id), save,
+    plan = TrainingPlan(model, data.train, task.collator(data.tokenizer.pad_token_id), save,
                         eval_fn=eval_fn if data.dev is not None else None, metric=cfg.metric,
                         greater_is_better=cfg.metric not in task.lower_is_better,
                         patience=cfg.patience, on_step=on_step)  # on_step: AdaLoRA's budget
@@ -193,28 +230,55 @@ def _finetune_into(cfg: FinetuneConfig, training: TrainingConfig, resume_from: s
     metrics = {name: split_metrics(model, task, split, data.settings, id2label,
                                    eval_batch_size, full=True)
                for name, split in data.evaluated()}
+    if cfg.baseline:
+        _add_baselines(task, data, metrics, id2label)
+    if data.old_test is not None:  # forgetting: the folder as it was, and the model now
+        before = metrics_before(task, cfg.model, data.old_test, data.settings, eval_batch_size,
+                                next(model.parameters()).device)
+        metrics["old_test"] = forgetting_report(task, before, split_metrics(
+            model, task, data.old_test, data.settings, id2label, eval_batch_size, full=True))
     save(model, training.out_dir)
     _write_run_files(cfg, task, data, result, metrics, training.out_dir)
+    # What a server compares its inputs with to see drift (bertkit.serve.monitoring).
+    write_training_stats(training.out_dir, model, task, data.tokenizer, data.train_examples,
+                         data.dev, data.label_names, eval_batch_size)
     print("\n" + stopped_line(result, cfg.metric))
     for name, m in metrics.items():
         print_report(task.name, m, name)
+    if data.old_test is not None:
+        print(forgetting_line(metrics["old_test"], data.old_test.path))
     return FinetuneResult(training.out_dir, result, metrics, data.label_names)
 
 
-def _load_data(cfg: FinetuneConfig, task: Task) -> _RunData:
-    """Tokenizer, examples, label map, settings and encoded splits of a run."""
+def _add_baselines(task: Task, data: _RunData, metrics: dict[str, dict],
+                   id2label: dict[int, str] | None) -> None:
+    """Put the task's bag-of-words baseline, trained on the same training file, beside the
+    model's numbers of each evaluated split (``metrics[split]["baseline"]``)."""
+    for name, split in data.evaluated():
+        baseline = task.baseline_metrics(data.train_examples, split, id2label)
+        if baseline is not None:
+            metrics[name]["baseline"] = baseline
+
+
+def _load_data(cfg: FinetuneConfig, task: Task, seed: int = 0) -> _RunData:
+    """Tokenizer, examples, label map, settings and encoded splits of a run (``seed``: the
+    replay sample's)."""
     if not os.path.isdir(cfg.model):
         raise FileNotFoundError(f"model folder {cfg.model} does not exist")
     tokenizer = Tokenizer.from_pretrained(cfg.model)
     model_config = BertConfig.from_pretrained(cfg.model)
     check_vocab_fits(tokenizer, model_config, cfg.model)
+    if task.added_tokens:  # entity markers ...: never split, new ids
+        tokenizer.add_tokens(task.added_tokens)
     max_length = _resolve_max_length(cfg, task, model_config)
 
     # Data first: a bad file fails in seconds, before the weights load.
     paths = {name: path for name, path in (("train", cfg.train), ("dev", cfg.dev),
-                                           ("test", cfg.test)) if path}
+                                           ("test", cfg.test), ("old_test", cfg.old_test)) if path}
     examples = {name: task.load_examples(path) for name, path in paths.items()}
-    labels = task.label_map(examples["train"], cfg.train)
+    if cfg.augment is not None:  # the training split only: dev and test stay as written
+        examples["train"] = examples["train"] + _augmented(examples["train"], cfg)
+    labels, old_labels = _run_labels(cfg, task, examples, seed)
     label2id = labels.label2id if labels is not None else None
     for name in ("dev", "test"):
         if name in examples:
@@ -222,14 +286,61 @@ def _load_data(cfg: FinetuneConfig, task: Task) -> _RunData:
     settings = _task_settings(cfg, task, max_length, examples["train"] + examples.get("dev", []))
     encoded = {name: task.encode(ex, tokenizer, settings, label2id)
                for name, ex in examples.items()}
-    dev, test = (Split(paths[name], examples[name], encoded[name]) if name in examples else None
-                 for name in ("dev", "test"))
+    dev, test, old_test = (Split(paths[name], examples[name], encoded[name])
+                           if name in examples else None for name in ("dev", "test", "old_test"))
     return _RunData(tokenizer, settings, labels, encoded["train"], len(examples["train"]),
-                    dev, test)
+                    dev, test, train_examples=examples["train"], old_labels=old_labels,
+                    old_test=old_test)
+
+
+def _run_labels(cfg: FinetuneConfig, task: Task, examples: dict[str, list],
+                seed: int) -> tuple[LabelMap | None, LabelMap | None]:
+    """The run's label map and, when ``cfg.model`` was fine-tuned on the task, the folder's
+    own: kept, with the new training labels appended (training/continual.py). Mixes the
+    replay sample into ``examples["train"]``; replay and old test labels must be the folder's."""
+    old = folder_labels(cfg.model, task)
+    # New data may hold a single (new) label when the folder brings the others.
+    fresh = task.label_map(examples["train"], cfg.train) if old is None else \
+        build_label_map(examples["train"])
+    if old is None and cfg.old_test:
+        raise ValueError(f"--old-test needs --model to be a folder fine-tuned for {task.name} "
+                         f"(the model whose forgetting it measures); {cfg.model} is not")
+    labels = fresh if old is None else extend_label_map(old, fresh, examples["train"],
+                                                        cfg.train, cfg.model)
+    if old is not None:
+        added = labels.names[len(old):]
+        print(f"continuing {cfg.model}: its {len(old)} labels keep their ids"
+              + (f"; new: {', '.join(added)}" if added else ""))
+    for name, path in (("replay", cfg.replay), ("old_test", cfg.old_test)):
+        if path:
+            old_examples = examples.get(name) or task.load_examples(path)
+            if old is not None:
+                check_old_labels(old_examples, old, path, cfg.model)
+            elif labels is not None:  # a replay file beside a base folder
+                task.check_labels(old_examples, labels.label2id, path)
+            examples[name] = old_examples
+    if cfg.replay:
+        replay = replay_sample(examples.pop("replay"), cfg.replay_ratio, len(examples["train"]),
+                               seed)
+        print(f"replay: {len(replay):,} old examples of {cfg.replay} mixed into the "
+              f"{len(examples['train']):,} new ones")
+        examples["train"] = examples["train"] + replay
+    return labels, old
+
+
+def _augmented(train: list, cfg: FinetuneConfig) -> list:
+    """The new training examples of ``cfg.augment``, counted on the console."""
+    if not all(isinstance(ex, ClassificationExample) for ex in train):
+        raise ValueError(f"--augment works on classification and regression data, not "
+                         f"{cfg.task} examples")
+    made = augment_examples(train, cfg.augment)
+    print(f"augmentation ({', '.join(cfg.augment.methods)}): {len(made):,} new training "
+          f"examples beside the {len(train):,} of {cfg.train}")
+    return made
 
 
 def _resolve_max_length(cfg: FinetuneConfig, task: Task, config: BertConfig) -> int:
-    limit = config.max_position_embeddings
+    limit = config.max_tokens  # RoBERTa: max_position_embeddings - pad_token_id - 1
     if cfg.max_length is None:
         return min(task.default_max_length, limit)
     if cfg.max_length > limit:
@@ -245,18 +356,20 @@ def _task_settings(cfg: FinetuneConfig, task: Task, max_length: int,
     given: dict[str, Any] = {
         "max_length": max_length, "doc_stride": cfg.doc_stride,
         "max_query_length": cfg.max_query_length, "max_answer_length": cfg.max_answer_length,
-        "n_best": cfg.n_best, "null_threshold": cfg.null_threshold}
-    if cfg.version_2 is not None:
-        given["version_2"] = bool(cfg.version_2)
-    return TaskSettings(**{**task.settings_from_data(examples), **given})
+        "n_best": cfg.n_best, "null_threshold": cfg.null_threshold, "scale": cfg.scale}
+    for name in ("version_2", "pooling", "normalize"):
+        if getattr(cfg, name) is not None:
+            given[name] = getattr(cfg, name)
+    return TaskSettings(**{**task.settings_from_folder(cfg.model),
+                           **task.settings_from_data(examples), **given})
 
 
 def _build_model(cfg: FinetuneConfig, task: Task, data: _RunData, training: TrainingConfig,
                  is_main: bool) -> nn.Module:
     """The task's head on the folder's encoder, its settings in the config, PEFT applied."""
     set_seed(training.seed)  # the fresh head's initialisation is part of the run's seed
-    model = task.head.from_pretrained(cfg.model, verbose=is_main,
-                                      **task.head_config(data.labels))
+    model = build_head(task, cfg.model, data.labels, data.old_labels, verbose=is_main)
+    task.prepare_model(model, data.tokenizer)  # e.g. grow the embeddings for added tokens
     data.settings.write_to(model.config, task)
     if cfg.peft:
         # Freeze the base, add the method's weights; the task head stays trainable and is saved
@@ -286,7 +399,12 @@ def _write_run_files(cfg: FinetuneConfig, task: Task, data: _RunData, result: Tr
                {k: metrics_for_json(v) for k, v in metrics.items()})
     with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
         for name, m in metrics.items():
-            f.write(f"{name} ({task.name})\n{m.get('report_text') or headline(task.name, m)}\n\n")
+            f.write(f"{name} ({task.name})\n{m.get('report_text') or headline(task.name, m)}\n")
+            if m.get("baseline"):
+                f.write(baseline_line(m["baseline"]) + "\n")
+            if m.get("before"):
+                f.write(forgetting_line(m, cfg.old_test) + "\n")
+            f.write("\n")
     write_json(os.path.join(out_dir, SUMMARY_FILE), {
         "task": task.name, "model": cfg.model, "labels": data.label_names, "steps": result.steps,
         "epochs": result.epochs, "stop_reason": result.stop_reason,

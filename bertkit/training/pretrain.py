@@ -16,15 +16,19 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from bertkit.config import BertConfig
+from bertkit.config import BertConfig, RobertaConfig
 from bertkit.data.corpus import cache_dir as bertkit_cache_dir
 from bertkit.data.pretraining import (MlmCollator, ShardIndex, build_examples, iter_corpus_text,
                                       load_corpus, prepare_corpus)
 from bertkit.modeling.bert import IGNORE_INDEX, BertForPreTraining
-from bertkit.tokenizer import Tokenizer
+from bertkit.modeling.roberta import RobertaForMaskedLM
+from bertkit.tokenizer import BPETokenizer, Tokenizer
 from bertkit.training.run import TrainingPlan, run_in_output_folder, train_to_best
 from bertkit.training.trainer import (TrainingConfig, TrainResult, find_checkpoint, set_seed,
                                       setup_distributed)
+
+
+PRETRAIN_MODEL_TYPES = ("bert", "roberta")
 
 
 @dataclass
@@ -43,10 +47,18 @@ class PretrainConfig:
     short_seq_prob: float = 0.1
     heldout_fraction: float = 0.02     # examples kept out of training for evaluation
     cache_dir: str | None = None       # shard cache (default: $BERTKIT_CACHE/shards)
+    # "bert": WordPiece, MLM (+ NSP), BertForPreTraining. "roberta": byte-level BPE, MLM only
+    # on full-sentence packing with dynamic masking (a fresh mask per batch), RobertaForMaskedLM.
+    model_type: str = "bert"
 
     def __post_init__(self) -> None:
         if not self.corpus:
             raise ValueError("PretrainConfig.corpus: give at least one text file")
+        if self.model_type not in PRETRAIN_MODEL_TYPES:
+            raise ValueError(f"PretrainConfig.model_type must be one of "
+                             f"{', '.join(PRETRAIN_MODEL_TYPES)}, got {self.model_type!r}")
+        if self.model_type == "roberta" and self.nsp:
+            raise ValueError("RoBERTa pretrains with MLM only: turn NSP off (--no-nsp)")
         if not 0 < self.heldout_fraction < 0.5:
             raise ValueError(f"PretrainConfig.heldout_fraction must be in (0, 0.5), got "
                              f"{self.heldout_fraction}")
@@ -95,11 +107,15 @@ def make_pretraining_eval(dataset, collator: MlmCollator, batch_size: int, basel
             batch = {k: v.to(device) for k, v in batch.items()}
             out = model(**batch)
             targets = batch["labels"][batch["labels"] != IGNORE_INDEX]          # (M,)
-            mlm_loss_sum += float(out.mlm_loss) * targets.numel()
-            mlm_correct += int((out.prediction_logits.argmax(-1) == targets).sum())
+            # BertForPreTraining's output, or an MLM-only model's (RoBERTa: loss, logits).
+            mlm_loss = getattr(out, "mlm_loss", None) or out.loss
+            logits = getattr(out, "prediction_logits", None)
+            logits = out.logits if logits is None else logits                   # (M, V)
+            mlm_loss_sum += float(mlm_loss) * targets.numel()
+            mlm_correct += int((logits.argmax(-1) == targets).sum())
             baseline_correct += int((targets == baseline_token).sum())
             mlm_total += targets.numel()
-            if out.nsp_loss is not None:
+            if getattr(out, "nsp_loss", None) is not None:
                 labels = batch["next_sentence_label"]
                 nsp_loss_sum += float(out.nsp_loss) * labels.numel()
                 nsp_correct += int((out.seq_relationship_logits.argmax(-1) == labels).sum())
@@ -119,13 +135,20 @@ def make_pretraining_eval(dataset, collator: MlmCollator, batch_size: int, basel
 def _load_or_train_tokenizer(cfg: PretrainConfig, resume_dir: str | None,
                              is_main: bool) -> Tokenizer:
     if cfg.tokenizer:
-        return Tokenizer.from_pretrained(cfg.tokenizer)
-    if resume_dir is not None and os.path.isfile(os.path.join(resume_dir, "vocab.txt")):
+        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer)
+        if (cfg.model_type == "roberta") != isinstance(tokenizer, BPETokenizer):
+            raise ValueError(f"{cfg.tokenizer}: a {cfg.model_type} model needs a "
+                             f"{'byte-level BPE' if cfg.model_type == 'roberta' else 'WordPiece'} "
+                             f"tokenizer folder")
+        return tokenizer
+    if resume_dir is not None and any(os.path.isfile(os.path.join(resume_dir, name))
+                                      for name in ("vocab.txt", "vocab.json")):
         return Tokenizer.from_pretrained(resume_dir)  # a resumed run keeps the vocab it began with
+    kind = "byte-level BPE" if cfg.model_type == "roberta" else "WordPiece"
     if is_main:
-        print(f"training a WordPiece vocab of {cfg.vocab_size} on {len(cfg.corpus)} file(s)")
-    return Tokenizer.train(iter_corpus_text(cfg.corpus), vocab_size=cfg.vocab_size,
-                           show_progress=is_main)
+        print(f"training a {kind} vocab of {cfg.vocab_size} on {len(cfg.corpus)} file(s)")
+    trainer = BPETokenizer.train if cfg.model_type == "roberta" else Tokenizer.train
+    return trainer(iter_corpus_text(cfg.corpus), vocab_size=cfg.vocab_size, show_progress=is_main)
 
 
 def build_model_config(cfg: PretrainConfig, tokenizer: Tokenizer) -> BertConfig:
@@ -134,12 +157,16 @@ def build_model_config(cfg: PretrainConfig, tokenizer: Tokenizer) -> BertConfig:
         if config.vocab_size < tokenizer.vocab_size:
             raise ValueError(f"{cfg.model_config}: vocab_size {config.vocab_size} is smaller than "
                              f"the tokenizer's {tokenizer.vocab_size} tokens")
+        if config.model_type != cfg.model_type:
+            raise ValueError(f"{cfg.model_config}: model_type {config.model_type!r}, but the run "
+                             f"pretrains {cfg.model_type!r}")
     else:
-        config = BertConfig.from_size(cfg.model_size, vocab_size=tokenizer.vocab_size,
-                                      pad_token_id=tokenizer.pad_token_id)
-    if cfg.max_seq_length > config.max_position_embeddings:
-        raise ValueError(f"max_seq_length {cfg.max_seq_length} exceeds the model's "
-                         f"max_position_embeddings {config.max_position_embeddings}")
+        config_class = RobertaConfig if cfg.model_type == "roberta" else BertConfig
+        config = config_class.from_size(cfg.model_size, vocab_size=tokenizer.vocab_size,
+                                        pad_token_id=tokenizer.pad_token_id)
+    if cfg.max_seq_length > config.max_tokens:
+        raise ValueError(f"max_seq_length {cfg.max_seq_length} exceeds the {config.max_tokens} "
+                         f"tokens the model's max_position_embeddings cover")
     return config
 
 
@@ -197,7 +224,7 @@ def _pretrain_into(cfg: PretrainConfig, training: TrainingConfig, resume_from: s
 
     config = build_model_config(cfg, tokenizer)
     set_seed(training.seed)  # the same seed gives the same initial weights on every rank and run
-    model = BertForPreTraining(config)
+    model = RobertaForMaskedLM(config) if cfg.model_type == "roberta" else BertForPreTraining(config)
     collator = MlmCollator(tokenizer, mask_prob=cfg.mask_prob, whole_word_mask=cfg.whole_word_mask)
     baseline_token = most_frequent_token(shards, tokenizer.all_special_ids, tokenizer.vocab_size)
     eval_fn = make_pretraining_eval(eval_set, collator, training.eval_batch_size or training.batch_size,

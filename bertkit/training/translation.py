@@ -44,6 +44,7 @@ from bertkit.data.parallel import (IGNORE_INDEX, ParallelDataset, ParallelExampl
                                    Seq2SeqCollator, encode_parallel, load_parallel,
                                    load_tokenizers, save_tokenizers, special_token_ids,
                                    train_tokenizers)
+from bertkit.data.summarization import lead_sentence
 from bertkit.data.tasks import TruncationWarning
 from bertkit.inference import length_sorted_batches
 from bertkit.modeling.seq2seq import (CONFIG_NAME, MODEL_TYPE, SEQ2SEQ_SIZES, Seq2SeqConfig,
@@ -57,6 +58,9 @@ from bertkit.training.trainer import (TrainingConfig, TrainResult, find_checkpoi
 TASK = "translation"
 METRICS_FILE = "metrics.json"
 METRICS = ("bleu", "loss")     # what can select the best checkpoint (eval keys "bleu", "loss")
+# The tasks this run trains, and the metrics each can select the best checkpoint by: the
+# encoder-decoder recipe is one, only the score of the decoded dev set differs.
+TASK_METRICS = {TASK: METRICS, "summarization": ("rougeL", "rouge1", "rouge2", "loss")}
 DEFAULT_POSITIONS = 512        # max_position_embeddings of a new model (sinusoids cost no weights)
 
 
@@ -113,6 +117,8 @@ class TranslationConfig:
     decoder_layers: int | None = None
     metric: str = "bleu"
     patience: int | None = None
+    task: str = TASK                    # or "summarization": ROUGE instead of BLEU
+    warm_start_decoder: bool = False    # BERT folder: the decoder from BERT too (BERT2BERT)
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -125,8 +131,10 @@ class TranslationConfig:
             fail("train", "must name the training data")
         if self.model_size not in SEQ2SEQ_SIZES:
             fail("model_size", f"must be one of {', '.join(SEQ2SEQ_SIZES)}")
-        if self.metric not in METRICS:
-            fail("metric", f"must be one of {', '.join(METRICS)}")
+        if self.task not in TASK_METRICS:
+            fail("task", f"must be one of {', '.join(TASK_METRICS)}")
+        if self.metric not in TASK_METRICS[self.task]:
+            fail("metric", f"must be one of {', '.join(TASK_METRICS[self.task])}")
         for name, low in (("vocab_size", 6), ("max_source_length", 3), ("max_target_length", 2),
                           ("num_beams", 1)):
             value = getattr(self, name)
@@ -315,6 +323,9 @@ def _build_model(cfg: TranslationConfig, kind: str | None, source: Tokenizer,
         model = TransformerSeq2Seq(Seq2SeqConfig.from_bert(cfg.model, **overrides))
         model.init_encoder_from_bert(cfg.model)
         origin = f"encoder initialised from the BERT folder {cfg.model}"
+        if cfg.warm_start_decoder:
+            model.init_decoder_from_bert(cfg.model)
+            origin = f"encoder and decoder initialised from the BERT folder {cfg.model}"
     else:
         model = TransformerSeq2Seq(_new_config(cfg, source, target))
         origin = (f"new from {cfg.model_config}" if cfg.model_config
@@ -346,6 +357,22 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str],
     score = metric.corpus_score(list(hypotheses), [list(references)])
     return {"bleu": float(score.score), "signature": str(metric.get_signature()),
             "bleu_detail": str(score)}
+
+
+def corpus_rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 (x 100) of the rouge-score library (Porter
+    stemming on), one reference per hypothesis: ``{"rouge1", "rouge2", "rougeL"}``."""
+    from rouge_score import rouge_scorer  # deferred: only summarization evaluation needs it
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    names = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+    totals = dict.fromkeys(names, 0.0)
+    for hypothesis, reference in zip(hypotheses, references):
+        scores = scorer.score(reference, hypothesis)
+        for name in names:
+            totals[name] += scores[name].fmeasure
+    return {name: 100.0 * total / max(len(hypotheses), 1) for name, total in totals.items()}
 
 
 def _decode_length(config: Seq2SeqConfig, settings: dict, source_length: int,
@@ -427,8 +454,11 @@ def _split_metrics(model: TransformerSeq2Seq, target: Tokenizer, dataset: Parall
         loss, nll = _teacher_forced_loss(model, dataset, batch_size)
     finally:
         model.train(was_training)
-    bleu = corpus_bleu([o[0]["translation"] for o in outputs],
-                       [ex.target for ex in dataset.examples], lowercase=target.do_lower_case)
+    hypotheses = [o[0]["translation"] for o in outputs]
+    references = [ex.target for ex in dataset.examples]
+    if settings["bertkit_task"] != TASK:
+        return {**corpus_rouge(hypotheses, references), "loss": loss, "nll": nll}
+    bleu = corpus_bleu(hypotheses, references, lowercase=target.do_lower_case)
     metrics = {"bleu": bleu["bleu"], "loss": loss, "nll": nll}
     if full:
         metrics.update(signature=bleu["signature"], bleu_detail=bleu["bleu_detail"])
@@ -498,7 +528,7 @@ def _translation_into(cfg: TranslationConfig, training: TrainingConfig,
         _print_run_plan(cfg, model, origin, source, target, splits)
     plan = TrainingPlan(model, train_set, Seq2SeqCollator(model.config.pad_token_id), save,
                         eval_fn=eval_fn if dev_set is not None else None, metric=cfg.metric,
-                        greater_is_better=cfg.metric == "bleu", patience=cfg.patience)
+                        greater_is_better=cfg.metric != "loss", patience=cfg.patience)
     model, result = train_to_best(plan, training, resume_dir)
     training = plan_settings(plan, training)  # what the run trained with, for metrics.json
     if not rank_info.is_main:
@@ -506,18 +536,29 @@ def _translation_into(cfg: TranslationConfig, training: TrainingConfig,
 
     metrics = {name: _split_metrics(model, target, split, settings, eval_batch_size, full=True)
                for name, split in (("dev", dev_set), ("test", test_set)) if split is not None}
+    if cfg.task != TASK:  # the extractive baseline a summarizer must beat, on the same splits
+        for name, split in (("dev", dev_set), ("test", test_set)):
+            if split is not None:
+                metrics[name]["lead_baseline"] = corpus_rouge(
+                    [lead_sentence(ex.source) for ex in split.examples],
+                    [ex.target for ex in split.examples])
     save(model, out_dir)
     _write_summary(out_dir, cfg, training, result, metrics, model, splits)
     print("\n" + stopped_line(result, cfg.metric))
     for name, m in metrics.items():
-        print(f"{name}: BLEU {m['bleu']:.2f} (sacrebleu {m['signature']}), loss {m['loss']:.4f}")
+        if "bleu" in m:
+            print(f"{name}: BLEU {m['bleu']:.2f} (sacrebleu {m['signature']}), loss "
+                  f"{m['loss']:.4f}")
+        else:
+            print(f"{name}: ROUGE-1 {m['rouge1']:.2f}, ROUGE-2 {m['rouge2']:.2f}, ROUGE-L "
+                  f"{m['rougeL']:.2f} (rouge-score F1, stemmed), loss {m['loss']:.4f}")
     return TranslationResult(out_dir, result, metrics, model)
 
 
 def _store_decoding_settings(cfg: TranslationConfig, config: Seq2SeqConfig) -> dict[str, Any]:
     """Write the task and decoding settings into the model config (saved in config.json, read
     back by translate/evaluate); returns them."""
-    settings = {"bertkit_task": TASK, "bertkit_max_source_length": cfg.max_source_length,
+    settings = {"bertkit_task": cfg.task, "bertkit_max_source_length": cfg.max_source_length,
                 "bertkit_max_target_length": cfg.max_target_length,
                 "bertkit_num_beams": cfg.num_beams, "bertkit_length_penalty": cfg.length_penalty}
     replace_bertkit_settings(config.extra, settings)  # a continued folder may carry older ones
@@ -579,7 +620,7 @@ def _load_folder(model_dir: str, device: str | None):
     config = model.config
     defaults = {"bertkit_max_source_length": config.max_position_embeddings,
                 "bertkit_max_target_length": config.max_position_embeddings,
-                "bertkit_num_beams": 4, "bertkit_length_penalty": 0.6}
+                "bertkit_num_beams": 4, "bertkit_length_penalty": 0.6, "bertkit_task": TASK}
     settings = {**defaults, **{k: v for k, v in config.extra.items() if k.startswith("bertkit_")}}
     return model.to(device).eval(), source, target, settings
 
