@@ -100,6 +100,14 @@ class Encoding(dict):
             raise AttributeError(name) from None
 
 
+
+def _write_settings(folder: str | os.PathLike, settings: dict, special_tokens: dict) -> None:
+    """``tokenizer_config.json`` and ``special_tokens_map.json``, as transformers reads them."""
+    with open(os.path.join(folder, TOKENIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2, ensure_ascii=False)
+    with open(os.path.join(folder, SPECIAL_TOKENS_MAP_NAME), "w", encoding="utf-8") as f:
+        json.dump(special_tokens, f, indent=2, ensure_ascii=False)
+
 class Tokenizer:
     """A BERT WordPiece tokenizer.
 
@@ -324,10 +332,7 @@ class Tokenizer:
                 str(self.vocab[tok]): {"content": tok, "lstrip": False, "normalized": False,
                                        "rstrip": False, "single_word": False, "special": False}
                 for tok in self.added_tokens}
-        with open(os.path.join(folder, TOKENIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2)
-        with open(os.path.join(folder, SPECIAL_TOKENS_MAP_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.special_tokens, f, indent=2)
+        _write_settings(folder, settings, self.special_tokens)
 
     # ------------------------------------------------------------------ vocabulary
     @property
@@ -796,10 +801,7 @@ class BPETokenizer(Tokenizer):
                     **self.special_tokens}
         if self.kind == "gpt2":
             settings.setdefault("pad_token", None)
-        with open(os.path.join(folder, TOKENIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2, ensure_ascii=False)
-        with open(os.path.join(folder, SPECIAL_TOKENS_MAP_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.special_tokens, f, indent=2, ensure_ascii=False)
+        _write_settings(folder, settings, self.special_tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -1029,10 +1031,7 @@ class SentencePieceTokenizer(Tokenizer):
                     "keep_accents": self.keep_accents, "model_max_length": self.model_max_length,
                     "bos_token": self.special_tokens["cls_token"],
                     "eos_token": self.special_tokens["sep_token"], **self.special_tokens}
-        with open(os.path.join(folder, TOKENIZER_CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(settings, f, indent=2, ensure_ascii=False)
-        with open(os.path.join(folder, SPECIAL_TOKENS_MAP_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.special_tokens, f, indent=2, ensure_ascii=False)
+        _write_settings(folder, settings, self.special_tokens)
 
     @property
     def vocab_size(self) -> int:

@@ -76,11 +76,7 @@ class ClassificationTask(Task):
 
     def metrics(self, split: Split, outputs: list[np.ndarray], settings: TaskSettings,
                 id2label: dict[int, str] | None) -> dict:
-        names = [id2label[i] for i in range(len(id2label))]
-        label2id = {name: i for i, name in enumerate(names)}
-        y_true = [label2id[ex.label] for ex in split.examples]
-        y_pred = [int(np.argmax(row)) for row in outputs]
-        return classification_metrics(y_true, y_pred, names)
+        return logits_metrics(split, outputs, id2label)[0]
 
     def baseline_metrics(self, train_examples: Sequence, split: Split,
                          id2label: dict[int, str] | None) -> dict | None:
@@ -152,6 +148,17 @@ class RegressionTask(ClassificationTask):
         metrics = regression_metrics([ex.label for ex in split.examples], predicted)
         return {"method": REGRESSION_BASELINE_NAME,
                 **{k: metrics[k] for k in self.metrics_names if k in metrics}}
+
+
+def logits_metrics(split: Split, outputs: list[np.ndarray],
+                   id2label: dict[int, str]) -> tuple[dict, list[int], list[int]]:
+    """:func:`classification_metrics` of per-item logits (C,) against the split's label
+    names, with the gold and predicted ids (tasks that add numbers of their own use them)."""
+    names = [id2label[i] for i in range(len(id2label))]
+    label2id = {name: i for i, name in enumerate(names)}
+    y_true = [label2id[ex.label] for ex in split.examples]
+    y_pred = [int(np.argmax(row)) for row in outputs]
+    return classification_metrics(y_true, y_pred, names), y_true, y_pred
 
 
 def _texts_and_labels(examples: Sequence[ClassificationExample]) -> tuple[list, list, list]:

@@ -36,7 +36,7 @@ from bertkit.modeling.bert import (BertModel, BertPreTrainedModel, ClassifierOut
                                    sequence_classification_loss)
 from bertkit.tasks.base import PredictInputs, RunFn, Split, Task, TaskSettings, check_texts
 from bertkit.tasks.baseline import BASELINE_NAME, tfidf_classifier_predictions
-from bertkit.tasks.classification import CLASSIFICATION
+from bertkit.tasks.classification import CLASSIFICATION, logits_metrics
 from bertkit.tasks.metrics import classification_metrics
 
 ENTITY_START_IDS_KEY = "entity_start_token_ids"  # config.json: the ids of [E1] and [E2]
@@ -131,11 +131,8 @@ class RelationTask(Task):
 
     def metrics(self, split: Split, outputs: list[np.ndarray], settings: TaskSettings,
                 id2label: dict[int, str] | None) -> dict:
+        metrics, y_true, y_pred = logits_metrics(split, outputs, id2label)
         names = [id2label[i] for i in range(len(id2label))]
-        label2id = {name: i for i, name in enumerate(names)}
-        y_true = [label2id[ex.label] for ex in split.examples]
-        y_pred = [int(np.argmax(row)) for row in outputs]
-        metrics = classification_metrics(y_true, y_pred, names)
         metrics["micro_f1"] = micro_f1_without(y_true, y_pred, no_relation_ids(names))
         return metrics
 
