@@ -1166,9 +1166,10 @@ def _add_demo_command(commands) -> None:
     p = commands.add_parser("demo", help="the whole pipeline on built-in data, no downloads",
                             description="Train a tokenizer and pretrain a tiny BERT on the Python "
                             "standard library's documentation, fine-tune it to tell which module "
-                            "family a docstring comes from, and show predictions (about 10 minutes: "
-                            "9 of training by its time budget; --quick: 1.3 minutes on an idle "
-                            "2-core machine, 3.8 with the cores shared).")
+                            "family a docstring comes from, search held-out docstrings before "
+                            "and after retrieval fine-tuning, and show predictions (about 12 "
+                            "minutes: 9 of training by its time budget plus 1.5 of retrieval "
+                            "fine-tuning; --quick: a few minutes).")
     p.add_argument("--out", default="bertkit-demo", help="where everything is written")
     p.add_argument("--quick", action="store_true", help="a short run (CI)")
     p.add_argument("--time-budget", help="total training time, e.g. 10m (default 9m)")

@@ -197,7 +197,8 @@ def _demo_into(demo: _Demo, budget: float | None, other: str | None, minilm,
         (None, None, None) if budget is None else (budget * s for s in shares))
     print(f"bertkit demo: output in {os.path.abspath(demo.out_dir)}; "
           + ("quick mode: a few hundred training steps" if demo.quick
-             else f"about {budget / 60:.1f} minutes of training"))
+             else f"about {budget / 60:.1f} minutes of training, then "
+                  f"{SEARCH_SECONDS / 60:.1f} of retrieval fine-tuning"))
     data = _data_stage(demo)
     _tokenizer_stage(demo, data.corpus)
     pretrained = _pretraining_stage(demo, data.corpus, pretrain_budget)

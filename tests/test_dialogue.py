@@ -128,9 +128,9 @@ def test_finetune_lowers_the_dev_answer_loss(tmp_path, gpt_folder):
 
 def test_chat_keeps_the_history_under_scripted_input(gpt_folder):
     script = "what color is sky?\nthanks\n/exit\n"
-    code = ("import sys; from bertkit.training.dialogue import chat; "
-            f"chat({gpt_folder!r}, max_new_tokens=6)")
-    run = subprocess.run([sys.executable, "-c", code], input=script, capture_output=True,
+    command = [sys.executable, "-m", "bertkit", "chat", "--model", gpt_folder,
+               "--max-new-tokens", "6"]
+    run = subprocess.run(command, input=script, capture_output=True,
                          text=True, cwd=REPO, timeout=120, env={"PYTHONPATH": REPO,
                                                                  "OMP_NUM_THREADS": "1",
                                                                  "PATH": "/usr/bin:/bin"})

@@ -226,3 +226,31 @@ def test_generate_route_streams_tokens_over_a_real_server(tmp_path, lm_folder):
                           headers=auth).status_code == 404
     finally:
         server.stop()
+
+
+def test_pretrain_gpt_then_generate_through_the_command_line(tmp_path, capsys):
+    """`bertkit pretrain --model-type gpt` writes a GPT-2 folder transformers loads, and
+    `bertkit generate` prints its greedy continuation (transformers' greedy generate)."""
+    import inspect
+    import json as json_module
+
+    from transformers import GPT2LMHeadModel as HFGPT2LMHeadModel
+
+    from bertkit.cli import main
+    from bertkit.tokenizer import Tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(inspect.getdoc(m) or "" for m in (json_module, inspect)) * 2)
+    out = tmp_path / "gpt"
+    assert main(["pretrain", "--model-type", "gpt", "--corpus", str(corpus), "--out", str(out),
+                 "--vocab-size", "300", "--max-seq-length", "32", "--max-steps", "2",
+                 "--batch-size", "4", "--save-every", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out), "Return the", "--max-new-tokens", "5"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    tokenizer = Tokenizer.from_pretrained(str(out))
+    prompt = tokenizer.encode_plain(["Return the"])[0]
+    hf = HFGPT2LMHeadModel.from_pretrained(str(out)).eval()
+    ids = hf.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False,
+                      pad_token_id=0)[0, len(prompt):].tolist()
+    assert printed == tokenizer.decode(ids)

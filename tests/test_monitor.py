@@ -29,6 +29,7 @@ import pytest
 
 from _monitor_helpers import (T0, finetune_sentiment, foreign_sentence, labelled, metric_values,
                               sentence, stream, write_jsonl)
+from bertkit.cli import main
 from bertkit.serve.app import ServeConfig, create_app
 from bertkit.serve.monitor import MonitorConfig, parse_alert, run_monitor
 from bertkit.training.data_stats import TRAINING_STATS_FILE
@@ -213,19 +214,25 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_webhook_reaches_a_local_receiver(sentiment, tmp_path):
+def test_the_webhook_reaches_a_local_receiver(sentiment, tmp_path, capsys):
+    """Through `bertkit monitor`: the alert it prints is the one the receiver gets."""
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Receiver.received = []
+    path = write_jsonl(tmp_path / "posts.jsonl",
+                       stream(6, 20, lambda i: 0.1 if i < 60 else 0.9, seed=2))
     try:
-        records = stream(6, 20, lambda i: 0.1 if i < 60 else 0.9, seed=2)
-        _, alerts = monitor(sentiment["out"], records, tmp_path, min_count=5,
-                            alert="label=negative,share>0.5",
-                            webhook=f"http://127.0.0.1:{server.server_port}/hook")
+        code = main(["monitor", "--model", sentiment["out"], "--input", path, "--time-field",
+                     "ts", "--window", "5m", "--min-count", "5", "--out", str(tmp_path / "run"),
+                     "--alert", "label=negative,share>0.5",
+                     "--webhook", f"http://127.0.0.1:{server.server_port}/hook"])
     finally:
         server.shutdown()
+    assert code == 0
+    alerts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(alerts) == 1
     assert Receiver.received == [("application/json", alerts[0])]
+    assert (tmp_path / "run" / "alerts.jsonl").is_file()
 
 
 def test_stdin_without_a_time_field_uses_arrival_time(sentiment, monkeypatch):

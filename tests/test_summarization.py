@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bertkit import BertConfig, BertModel, Tokenizer
+from bertkit.cli import main
 from bertkit.data.corpus import Document
 from bertkit.data.summarization import docstring_summaries, lead_sentence, summary_pair
 from bertkit.modeling.seq2seq import Seq2SeqConfig, TransformerSeq2Seq
@@ -130,8 +131,11 @@ def test_summarizer_beats_the_lead_baseline_and_summarizes(tmp_path, bert_folder
     [answer] = summarize(str(out), [document], num_beams=2)
     assert set(answer) == {"source", "summary", "score"}
     (tmp_path / "doc.txt").write_text(document)
-    printed = summarize_command(str(out), [str(tmp_path / "doc.txt")], num_beams=2)
-    assert printed[0]["summary"] == answer["summary"]
+    capsys.readouterr()
+    assert main(["summarize", "--model", str(out), str(tmp_path / "doc.txt"), "--num-beams", "2",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["summary"] == answer["summary"] and printed["file"].endswith("doc.txt")
 
 
 def test_bad_input_is_one_line_naming_the_file(tmp_path, bert_folder):
