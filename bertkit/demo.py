@@ -76,7 +76,10 @@ _FOLDERS = ("task", "tokenizer", "pretrained", "finetuned", "finetuned-minilm", 
             "retriever", "index-before", "index-after")
 SEARCH_SECONDS = 90.0  # retrieval fine-tuning in the full demo (quick: SEARCH_QUICK_STEPS)
 SEARCH_QUICK_STEPS = 10
-SEARCH_QUESTION = 0    # which held-out question the demo answers (the first, deterministic)
+# The held-out question the demo answers: the first that asks what a function returns (the
+# questions users type look like that; module openings such as "Basic infrastructure for ..."
+# do not), else the first. Fixed by rule, not picked by result: MRR@10 over all is printed.
+SEARCH_QUESTION_PREFIX = "Return "
 
 
 def minilm_folder() -> str | None:
@@ -377,7 +380,8 @@ def _search_stage(demo: _Demo, encoder: str, name: str, seconds: float | None) -
     with open(corpus, "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"id": str(i), "text": r["positive"]}) + "\n"
                      for i, r in enumerate(test))
-    question = test[SEARCH_QUESTION]["query"]
+    chosen = next((r for r in test if r["query"].startswith(SEARCH_QUESTION_PREFIX)), test[0])
+    question = chosen["query"]
     print(f"{pairs['counts']['train']} training pairs (question = a docstring's first sentence, "
           f"answer = the rest); {len(test)} held-out docstrings from other packages to search")
     limits = {"max_steps": SEARCH_QUICK_STEPS} if demo.quick else {"epochs": 20}
@@ -386,7 +390,8 @@ def _search_stage(demo: _Demo, encoder: str, name: str, seconds: float | None) -
         run = run_finetuning(
             FinetuneConfig("retrieval", encoder, pairs["train"], pairs["dev"], pairs["test"],
                            baseline=False),
-            TrainingConfig(out_dir=demo.paths["retriever"], time_budget=seconds, lr=2e-5,
+            # 5e-5: measured in benchmarks/retrieval_train.py (+1.2 to +2.6 MRR points in 40 steps)
+            TrainingConfig(out_dir=demo.paths["retriever"], time_budget=seconds, lr=5e-5,
                            batch_size=32, warmup_ratio=0.1, **limits, **demo.training))
         _drop_training_state(demo, demo.paths["retriever"])
         answers = {}
@@ -398,7 +403,8 @@ def _search_stage(demo: _Demo, encoder: str, name: str, seconds: float | None) -
 
     (run, before, answers), caught = _quietly(fine_tune_and_search, hide_output=True)
     after = run.metrics["test"]["mrr@10"]
-    _print_search(question, test[SEARCH_QUESTION]["positive"], answers, before, after)
+    print(f"{run.train.steps} steps of batch 32")
+    _print_search(question, chosen["positive"], answers, before, after)
     _print_warnings(caught)
     print(f"[{time.perf_counter() - t:.0f}s]")
     return {"model": name, "question": question, "mrr@10_before": before,
