@@ -489,32 +489,31 @@ def _family_rename(rest: str, rules: tuple[tuple[str, str], ...], to_bert: bool,
 def family_to_bert_state(hf_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """A RoBERTa / DistilBERT / ALBERT checkpoint's keys -> BERT's HF keys (other families'
     and BERT's own keys unchanged; the tied output matrices dropped)."""
-    names = FAMILY_NAMES.get(getattr(config, "model_type", None))
-    if names is None:
-        return hf_state
-    inner = getattr(config, "inner_group_num", 1)
-    out = {}
-    for key, tensor in hf_state.items():
-        prefixed = key.startswith(names.prefix)
-        rest = key[len(names.prefix):] if prefixed else key
-        if re.search(names.ignored, rest):
-            continue
-        out[("bert." if prefixed else "") + _family_rename(rest, names.renames, True, inner)] = tensor
-    return out
+    return _renamed_family_state(hf_state, config, to_bert=True)
 
 
 def bert_to_family_state(hf_state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """The inverse of :func:`family_to_bert_state`, for saving a family's folder."""
+    return _renamed_family_state(hf_state, config, to_bert=False)
+
+
+def _renamed_family_state(hf_state: dict[str, torch.Tensor], config: Any,
+                          to_bert: bool) -> dict[str, torch.Tensor]:
+    """Both directions of the family key mapping: the encoder prefix swapped (the family's
+    for ``bert.``) and each key renamed by the family's templates."""
     names = FAMILY_NAMES.get(getattr(config, "model_type", None))
     if names is None:
         return hf_state
     inner = getattr(config, "inner_group_num", 1)
+    source, target = (names.prefix, "bert.") if to_bert else ("bert.", names.prefix)
     out = {}
     for key, tensor in hf_state.items():
-        prefixed = key.startswith("bert.")
-        rest = key[len("bert."):] if prefixed else key
-        out[(names.prefix if prefixed else "") + _family_rename(rest, names.renames, False,
-                                                                inner)] = tensor
+        prefixed = key.startswith(source)
+        rest = key[len(source):] if prefixed else key
+        if to_bert and re.search(names.ignored, rest):
+            continue
+        out[(target if prefixed else "") + _family_rename(rest, names.renames, to_bert,
+                                                          inner)] = tensor
     return out
 
 

@@ -57,6 +57,7 @@ class WordNet:
                              "install Debian's wordnet-base package or pass --wordnet DIR")
         self.folder = folder
         self._offsets: dict[str, list[tuple[str, int]]] = {}
+        self._synonyms: dict[str, list[str]] = {}
         for pos in self.POS:
             with open(f"{folder}/index.{pos}", encoding="utf-8", errors="replace") as f:
                 for line in f:
@@ -72,8 +73,14 @@ class WordNet:
         """One-word synonyms of ``word`` (lowercase, sorted, ``word`` itself left out); none
         for a stop word, as in EDA: WordNet's senses of "a", "us" or "will" (ampere, America,
         volition) are not what a sentence means by them."""
-        if word.lower() in _stop_words():
+        word = word.lower()
+        if word in _stop_words():
             return []
+        if word not in self._synonyms:  # each word's synsets are read from disk once
+            self._synonyms[word] = self._read_synonyms(word)
+        return self._synonyms[word]
+
+    def _read_synonyms(self, word: str) -> list[str]:
         found = set()
         for pos, offset in self._offsets.get(word.lower(), []):
             with open(f"{self.folder}/data.{pos}", "rb") as f:
